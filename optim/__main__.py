@@ -1,0 +1,5 @@
+import sys
+
+from optim.cli import main
+
+sys.exit(main())

@@ -1,0 +1,43 @@
+"""Apply an `OptimConfig` to a loaded pipeline, in the fixed order.
+
+    quantize (at load, `optim.techniques.quantization`) -> attention backend -> cache -> offload -> VAE
+    -> [eager probe run, in `optim.measure`] -> dynamo settings, channels_last, torch.compile (last)
+
+Compile comes last because it traces whatever the earlier steps installed (cache hooks, offload hooks), and
+after the probe run because the work counter must not live inside a compiled graph.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from optim import config as C
+from optim.models import ResolvedRun
+from optim.techniques import Applied
+from optim.techniques.attention import apply_attention
+from optim.techniques.cache import apply_cache
+from optim.techniques.compile import apply_channels_last, apply_compile, apply_dynamo_settings
+from optim.techniques.offload import apply_offload
+from optim.techniques.quantization import describe_quantization
+from optim.techniques.vae import apply_vae
+
+
+def apply_before_probe(
+    pipe: Any, optim: C.OptimConfig, run: ResolvedRun, applied: Applied, *, mag_ratios: list[float] | None = None
+) -> None:
+    """Everything except compile. Quantization already happened at load; it is recorded here for the report."""
+    if not isinstance(optim.quantization, C.NoQuantization):
+        applied.add(f"quantization: {describe_quantization(optim.quantization)} (at load)")
+    apply_attention(pipe, optim.attention, applied)
+    distilled = bool(getattr(pipe.transformer.config, "guidance_embeds", False))
+    apply_cache(pipe, optim.cache, applied, steps=run.steps, guidance_distilled=distilled, mag_ratios=mag_ratios)
+    apply_offload(pipe, optim.offload, applied, device=run.device)
+    apply_vae(pipe, optim.vae, applied, width=run.width, height=run.height)
+
+
+def apply_after_probe(pipe: Any, optim: C.OptimConfig, applied: Applied) -> None:
+    """Compile and what goes with it."""
+    bitsandbytes = optim.quantization.backend.startswith("bitsandbytes")
+    apply_dynamo_settings(optim.compile, applied, bitsandbytes=bitsandbytes, offloaded=optim.offload.mode != "none")
+    apply_channels_last(pipe, optim.compile, applied)
+    apply_compile(pipe, optim.compile, applied)

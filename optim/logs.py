@@ -1,0 +1,42 @@
+"""Quiet the libraries' own chatter (import-time notices about optional kernels, experimental-feature warnings,
+progress bars) so the CLI prints our summary and the app shows our messages. Real problems still reach the
+user, as our errors. Call `quiet_libraries()` before importing torch/diffusers: several notices are logged at
+import time.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import warnings
+
+_NOISY_LOGGERS = (
+    "diffusers",
+    "transformers",
+    "torchao",
+    "bitsandbytes",
+    "torch.utils._pytree",
+    "torch._dynamo",
+    "torch._inductor",
+    "accelerate",
+)
+
+
+def quiet_libraries() -> None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    warnings.filterwarnings("ignore", category=UserWarning, module=r"(diffusers|transformers|torch|torchao|accelerate)")
+    for name in _NOISY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
+    try:
+        # tqdm's default lock is a multiprocessing semaphore, which worker processes would leak at exit.
+        from tqdm.std import tqdm
+
+        tqdm.set_lock(threading.RLock())
+    except ImportError:
+        pass

@@ -1,0 +1,94 @@
+"""Peak memory, read the same way for every side.
+
+* CUDA: `torch.cuda.reset_peak_memory_stats()` then `max_memory_allocated()` / `max_memory_reserved()`.
+* Host (CPU) memory: the kernel's high-water mark of this process. Writing "5" to /proc/self/clear_refs resets
+  VmHWM to the current RSS; VmHWM after the run minus the RSS before loading is the side's peak. tracemalloc
+  cannot see torch's allocations and glibc keeps freed memory, which is why each side runs in a fresh process.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+MB = 1024 * 1024
+
+
+def _status_kb(key: str) -> int | None:
+    try:
+        with open("/proc/self/status") as handle:
+            for line in handle:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def rss_mb() -> float:
+    """Resident set size of this process now (0 where /proc is missing)."""
+    kb = _status_kb("VmRSS")
+    if kb is not None:
+        return kb / 1024
+    import psutil
+
+    return psutil.Process().memory_info().rss / MB
+
+
+def reset_host_peak() -> bool:
+    """Reset the kernel's high-water mark to the current RSS. False where the kernel does not allow it."""
+    try:
+        with open("/proc/self/clear_refs", "w") as handle:
+            handle.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def host_peak_mb() -> float:
+    kb = _status_kb("VmHWM")
+    return kb / 1024 if kb is not None else rss_mb()
+
+
+@dataclass
+class MemoryProbe:
+    """Start before loading; `reset_peaks()` before the measured runs; `read()` after them."""
+
+    device: str
+    rss_before_mb: float = 0.0
+
+    def start(self) -> MemoryProbe:
+        import gc
+
+        gc.collect()
+        self._cuda_sync_and_free()
+        self.rss_before_mb = rss_mb()
+        self.reset_peaks()
+        return self
+
+    def reset_peaks(self) -> None:
+        reset_host_peak()
+        if self.device == "cuda":
+            import torch
+
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+
+    def read(self) -> dict[str, float | None]:
+        host = max(0.0, host_peak_mb() - self.rss_before_mb)
+        if self.device == "cuda":
+            import torch
+
+            torch.cuda.synchronize()
+            return {
+                "peak_memory_mb": torch.cuda.max_memory_allocated() / MB,
+                "reserved_memory_mb": torch.cuda.max_memory_reserved() / MB,
+                "host_peak_memory_mb": host,
+            }
+        return {"peak_memory_mb": host, "reserved_memory_mb": None, "host_peak_memory_mb": host}
+
+    def _cuda_sync_and_free(self) -> None:
+        if self.device == "cuda":
+            import torch
+
+            torch.cuda.synchronize()
+            torch.cuda.empty_cache()

@@ -1,0 +1,309 @@
+"""Find, describe and load models: the embedded one, a local diffusers folder, a Hub model id, or a synthetic one.
+
+Every real model goes through `DiffusionPipeline.from_pretrained`, the embedded one included, so the code path a
+user's Hub model takes is the one the tests exercise. Loading is locked down: safetensors weights only, no remote
+code (a `model_index.json` must name a diffusers pipeline class), and Hub ids and folders are checked before
+anything is read.
+
+Example:
+    >>> ref = resolve_model("embedded")
+    >>> ref.kind, model_defaults(ref).width
+    ('embedded', 128)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from optim.config import RunSpec
+from optim.errors import ConfigError, ModelError
+
+ROOT = Path(__file__).resolve().parent.parent
+ASSETS_DIR = ROOT / "assets"
+EMBEDDED_MODEL = "embedded"
+EMBEDDED_PATH = ASSETS_DIR / "tiny-flux"
+SYNTHETIC_PREFIX = "synthetic:"
+# The owner/name form of Hub repository ids (huggingface_hub's own rule: letters, digits, '-', '_', '.').
+HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/[A-Za-z0-9][A-Za-z0-9_.-]{0,95}$")
+# Defaults a model folder may carry for this app (written by the embedded model's training script).
+DEFAULTS_FILE = "lab_defaults.json"
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """A model the user named, resolved: `kind` is embedded, local, hub or synthetic."""
+
+    name: str
+    kind: str
+    location: str
+
+
+@dataclass(frozen=True)
+class ModelDefaults:
+    """The run settings a model is meant to be used with (what `None` in a `RunSpec` becomes)."""
+
+    prompt: str = "a photo of a cat"
+    negative_prompt: str | None = None
+    steps: int = 28
+    width: int = 1024
+    height: int = 1024
+    guidance_scale: float = 3.5
+    max_sequence_length: int | None = None
+
+
+# Popular diffusers models offered in the app, with the settings their model cards recommend.
+POPULAR_MODELS: dict[str, ModelDefaults] = {
+    "black-forest-labs/FLUX.1-dev": ModelDefaults(steps=28, guidance_scale=3.5, max_sequence_length=512),
+    "black-forest-labs/FLUX.1-schnell": ModelDefaults(steps=4, guidance_scale=0.0, max_sequence_length=256),
+    "stabilityai/stable-diffusion-3.5-medium": ModelDefaults(steps=40, guidance_scale=4.5),
+    "Qwen/Qwen-Image": ModelDefaults(steps=50, guidance_scale=4.0, width=1328, height=1328),
+    "THUDM/CogView4-6B": ModelDefaults(steps=50, guidance_scale=3.5),
+}
+
+
+@dataclass(frozen=True)
+class ResolvedRun:
+    """A `RunSpec` with every default filled in: the exact settings both sides run with."""
+
+    model: str
+    prompt: str
+    negative_prompt: str | None
+    seed: int
+    steps: int
+    width: int
+    height: int
+    guidance_scale: float
+    max_sequence_length: int | None
+    dtype: str
+    device: str
+    warmup_runs: int
+    timed_runs: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# ------------------------------------------------------------------------------------------------ resolution
+
+
+def resolve_model(name: str, *, allow_local: bool = True, local_roots: tuple[Path, ...] | None = None) -> ModelRef:
+    """Turn what the user typed into a `ModelRef`, or raise `ModelError` saying what is accepted.
+
+    `allow_local=False` (a public server) refuses folders; `local_roots` limits folders to those places.
+    """
+    name = name.strip()
+    if name == EMBEDDED_MODEL:
+        return ModelRef(name, "embedded", str(EMBEDDED_PATH))
+    if name.startswith(SYNTHETIC_PREFIX):
+        from optim.synthetic import SYNTHETIC_MODELS
+
+        key = name[len(SYNTHETIC_PREFIX) :]
+        if key not in SYNTHETIC_MODELS:
+            raise ModelError(
+                f"unknown synthetic model {name!r}; available: "
+                + ", ".join(SYNTHETIC_PREFIX + k for k in SYNTHETIC_MODELS)
+            )
+        return ModelRef(name, "synthetic", key)
+    # An existing folder wins over a Hub id of the same spelling; a path-like name is always a folder.
+    if Path(name).expanduser().is_dir() or name.startswith(("/", ".", "~")):
+        return _resolve_folder(name, allow_local=allow_local, local_roots=local_roots)
+    if HUB_ID.match(name):
+        return ModelRef(name, "hub", name)
+    raise ModelError(
+        f"unknown model {name!r}: give 'embedded', a Hub model id such as 'black-forest-labs/FLUX.1-dev', "
+        "a local diffusers folder (with model_index.json), or a synthetic model such as 'synthetic:flux-dev'"
+    )
+
+
+def _resolve_folder(name: str, *, allow_local: bool, local_roots: tuple[Path, ...] | None) -> ModelRef:
+    if not allow_local:
+        raise ModelError(
+            f"model {name!r}: local folders are disabled on this server; use 'embedded' or a Hub model id"
+        )
+    path = Path(name).expanduser().resolve()
+    if local_roots is not None and not any(_is_within(path, root) for root in local_roots):
+        allowed = ", ".join(str(root) for root in local_roots) or "none"
+        raise ModelError(f"model folder {name!r} is outside the allowed places ({allowed})")
+    if not path.is_dir():
+        raise ModelError(f"model folder {name!r} does not exist")
+    if not (path / "model_index.json").is_file():
+        raise ModelError(f"model folder {name!r} has no model_index.json: is it a diffusers pipeline folder?")
+    return ModelRef(name, "local", str(path))
+
+
+def _is_within(path: Path, root: Path) -> bool:
+    try:
+        path.relative_to(root.resolve())
+        return True
+    except ValueError:
+        return False
+
+
+# ----------------------------------------------------------------------------------------------- defaults
+
+
+def model_defaults(ref: ModelRef) -> ModelDefaults:
+    """What `None` run settings become for this model."""
+    if ref.kind in ("embedded", "local"):
+        path = Path(ref.location) / DEFAULTS_FILE
+        if path.is_file():
+            return _read_defaults(path)
+        return ModelDefaults()
+    if ref.kind == "synthetic":
+        from optim.synthetic import SYNTHETIC_MODELS
+
+        return SYNTHETIC_MODELS[ref.location].defaults
+    return POPULAR_MODELS.get(ref.location, ModelDefaults())
+
+
+def _read_defaults(path: Path) -> ModelDefaults:
+    try:
+        data = json.loads(path.read_text())
+        known = set(ModelDefaults.__dataclass_fields__)
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown keys {sorted(unknown)}")
+        return ModelDefaults(**data)
+    except (ValueError, TypeError) as error:
+        raise ModelError(f"{path}: invalid model defaults ({error})") from None
+
+
+def resolve_run(run: RunSpec, ref: ModelRef, *, cuda_available: bool) -> ResolvedRun:
+    """Fill every `None` from the model's defaults; pick the device and dtype."""
+    defaults = model_defaults(ref)
+    device = run.device if run.device != "auto" else ("cuda" if cuda_available else "cpu")
+    if device == "cuda" and not cuda_available:
+        raise ConfigError("run.device: 'cuda' was asked for but this machine has no CUDA GPU; use 'auto' or 'cpu'")
+    dtype = run.dtype if run.dtype != "auto" else ("bfloat16" if device == "cuda" else "float32")
+    return ResolvedRun(
+        model=run.model,
+        prompt=run.prompt if run.prompt is not None else defaults.prompt,
+        negative_prompt=run.negative_prompt if run.negative_prompt is not None else defaults.negative_prompt,
+        seed=run.seed,
+        steps=run.steps or defaults.steps,
+        width=run.width or defaults.width,
+        height=run.height or defaults.height,
+        guidance_scale=run.guidance_scale if run.guidance_scale is not None else defaults.guidance_scale,
+        max_sequence_length=run.max_sequence_length or defaults.max_sequence_length,
+        dtype=dtype,
+        device=device,
+        warmup_runs=run.warmup_runs,
+        timed_runs=run.timed_runs,
+    )
+
+
+def with_model(run: ResolvedRun, **changes: Any) -> ResolvedRun:
+    return replace(run, **changes)
+
+
+# ------------------------------------------------------------------------------------------------- loading
+
+
+def check_pipeline_index(index: dict[str, Any], where: str) -> str:
+    """The pipeline class named by model_index.json, refusing anything that would load remote code."""
+    import diffusers
+
+    class_name = index.get("_class_name")
+    if not isinstance(class_name, str) or not hasattr(diffusers, class_name):
+        raise ModelError(
+            f"{where}: model_index.json names {class_name!r}, which is not a diffusers pipeline; custom pipeline "
+            "code is never run here"
+        )
+    for component, spec in index.items():
+        if component.startswith("_") or spec is None:
+            continue
+        if not (isinstance(spec, list) and len(spec) == 2 and spec[0] in (None, "diffusers", "transformers")):
+            raise ModelError(
+                f"{where}: component {component!r} comes from {spec!r}; only diffusers and transformers classes load"
+            )
+    return class_name
+
+
+def read_model_index(ref: ModelRef) -> dict[str, Any]:
+    """model_index.json of a real model (downloads it for a Hub id), checked for remote code."""
+    if ref.kind == "synthetic":
+        raise ModelError("synthetic models have no model_index.json")
+    if ref.kind == "hub":
+        try:
+            from huggingface_hub import hf_hub_download
+
+            path = hf_hub_download(ref.location, "model_index.json")
+        except Exception as error:  # noqa: BLE001 - the hub raises many kinds; all mean "cannot fetch"
+            raise ModelError(_hub_message(ref.location, error)) from None
+    else:
+        path = os.path.join(ref.location, "model_index.json")
+    try:
+        with open(path) as handle:
+            index = json.load(handle)
+    except (OSError, ValueError) as error:
+        raise ModelError(f"model {ref.name!r}: cannot read model_index.json ({error})") from None
+    if not isinstance(index, dict):
+        raise ModelError(f"model {ref.name!r}: model_index.json is not a JSON object")
+    check_pipeline_index(index, f"model {ref.name!r}")
+    return index
+
+
+def read_component_config(ref: ModelRef, component: str) -> dict[str, Any] | None:
+    """A component's config.json without loading weights (None when the component has none)."""
+    if ref.kind == "hub":
+        try:
+            from huggingface_hub import hf_hub_download
+
+            path = hf_hub_download(ref.location, f"{component}/config.json")
+        except Exception:  # noqa: BLE001
+            return None
+    else:
+        path = os.path.join(ref.location, component, "config.json")
+        if not os.path.isfile(path):
+            return None
+    with open(path) as handle:
+        return json.load(handle)
+
+
+def load_pipeline(ref: ModelRef, *, dtype: str, quantization_config: Any = None, device: str = "cpu") -> Any:
+    """Load the pipeline with `from_pretrained` (safetensors only, no remote code); synthetic ones are built."""
+    import torch
+
+    torch_dtype = getattr(torch, dtype)
+    if ref.kind == "synthetic":
+        from optim.synthetic import build_synthetic_pipeline
+
+        return build_synthetic_pipeline(ref.location, torch_dtype=torch_dtype, device=device)
+
+    from diffusers import DiffusionPipeline
+
+    read_model_index(ref)
+    kwargs: dict[str, Any] = {"torch_dtype": torch_dtype, "use_safetensors": True}
+    if quantization_config is not None:
+        kwargs["quantization_config"] = quantization_config
+    if ref.kind in ("embedded", "local"):
+        kwargs["local_files_only"] = True
+    try:
+        return DiffusionPipeline.from_pretrained(ref.location, **kwargs)
+    except (OSError, EnvironmentError, ValueError) as error:
+        if ref.kind == "hub":
+            raise ModelError(_hub_message(ref.location, error)) from None
+        raise ModelError(f"model {ref.name!r} could not be loaded from {ref.location}: {_first_line(error)}") from None
+
+
+def _hub_message(model_id: str, error: Exception) -> str:
+    text = _first_line(error)
+    if os.environ.get("HF_HUB_OFFLINE") or "offline" in text.lower() or "connect" in text.lower():
+        reason = "the Hugging Face Hub cannot be reached from here (offline)"
+    elif "401" in text or "403" in text or "gated" in text.lower():
+        reason = "the repository is gated or private: accept its licence on the Hub and set HF_TOKEN"
+    elif "404" in text or "not found" in text.lower():
+        reason = "no such repository on the Hub"
+    else:
+        reason = text
+    return f"model {model_id!r} could not be loaded: {reason}. Try 'embedded' or a local diffusers folder."
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return text[0][:300] if text else type(error).__name__

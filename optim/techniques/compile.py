@@ -1,0 +1,90 @@
+"""torch.compile of the transformer: regional (`compile_repeated_blocks`, one compile reused by every block) or
+full (`transformer.compile()`), plus channels_last and the dynamo settings the seed recommends.
+
+Compile is applied last and after the eager probe run (see `optim.measure`). Cold compile time is honest only
+with an empty inductor cache, so each side that compiles gets a fresh `TORCHINDUCTOR_CACHE_DIR`.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from typing import Any
+
+from optim.config import CompileConfig
+from optim.techniques import Applied
+
+
+def fresh_inductor_cache(applied: Applied) -> str:
+    """Point inductor at an empty cache directory (restored and deleted on undo)."""
+    previous = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    path = tempfile.mkdtemp(prefix="optim-inductor-")
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = path
+
+    def restore() -> None:
+        if previous is None:
+            os.environ.pop("TORCHINDUCTOR_CACHE_DIR", None)
+        else:
+            os.environ["TORCHINDUCTOR_CACHE_DIR"] = previous
+        shutil.rmtree(path, ignore_errors=True)
+
+    applied._undo.append(restore)
+    return path
+
+
+def apply_dynamo_settings(compile_config: CompileConfig, applied: Applied, *, bitsandbytes: bool, offloaded: bool) -> None:
+    """The seed's advice: bitsandbytes outputs have dynamic shapes; offloading triggers many recompiles."""
+    import torch._dynamo
+
+    if compile_config.mode == "off" or not compile_config.recommended_dynamo_settings:
+        return
+    settings = {}
+    if bitsandbytes:
+        settings["capture_dynamic_output_shape_ops"] = True
+    if offloaded:
+        settings["cache_size_limit"] = 1000
+    for name, value in settings.items():
+        previous = getattr(torch._dynamo.config, name)
+        setattr(torch._dynamo.config, name, value)
+        applied.add(
+            f"dynamo: {name}={value}", lambda name=name, previous=previous: setattr(torch._dynamo.config, name, previous)
+        )
+
+
+def apply_channels_last(pipe: Any, compile_config: CompileConfig, applied: Applied) -> None:
+    import torch
+
+    if not compile_config.channels_last:
+        return
+    changed = []
+    for name in ("transformer", "unet", "vae"):
+        module = getattr(pipe, name, None)
+        if module is not None and any(p.dim() == 4 for p in module.parameters()):
+            module.to(memory_format=torch.channels_last)
+            changed.append(name)
+    applied.add(f"channels_last on {', '.join(changed) or 'nothing'}")
+    transformer = getattr(pipe, "transformer", None)
+    if transformer is not None and "transformer" not in changed:
+        applied.warn(
+            f"channels_last only changes 4-D (convolution) weights; {type(transformer).__name__} has none, "
+            f"so it applies to {', '.join(changed) or 'no component'} only"
+        )
+
+
+def apply_compile(pipe: Any, compile_config: CompileConfig, applied: Applied) -> None:
+    import torch
+
+    if compile_config.mode == "off":
+        return
+    fresh_inductor_cache(applied)
+    kwargs: dict[str, Any] = {"fullgraph": compile_config.fullgraph, "dynamic": compile_config.dynamic}
+    if compile_config.inductor_mode != "default":
+        kwargs["mode"] = compile_config.inductor_mode
+    transformer = pipe.transformer
+    if compile_config.mode == "regional":
+        transformer.compile_repeated_blocks(**kwargs)
+    else:
+        transformer.compile(**kwargs)
+    options = ", ".join(f"{k}={v}" for k, v in kwargs.items())
+    applied.add(f"torch.compile: {compile_config.mode} ({options})", torch._dynamo.reset)
