@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import threading
 import warnings
 
@@ -33,6 +34,8 @@ def quiet_libraries() -> None:
     warnings.filterwarnings("ignore", category=UserWarning, module=r"(diffusers|transformers|torch|torchao|accelerate)")
     for name in _NOISY_LOGGERS:
         logging.getLogger(name).setLevel(logging.ERROR)
+    if "diffusers" in sys.modules or "torch" in sys.modules:
+        quiet_progress_bars()
     try:
         # tqdm's default lock is a multiprocessing semaphore, which worker processes would leak at exit.
         from tqdm.std import tqdm
@@ -40,3 +43,10 @@ def quiet_libraries() -> None:
         tqdm.set_lock(threading.RLock())
     except ImportError:
         pass
+
+
+def quiet_progress_bars() -> None:
+    """diffusers' loading bars ignore HF_HUB_DISABLE_PROGRESS_BARS; switch them off after import."""
+    from diffusers.utils import logging as diffusers_logging
+
+    diffusers_logging.disable_progress_bar()

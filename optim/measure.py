@@ -89,6 +89,9 @@ def device_name(device: str) -> str:
 
 def run_side(job: SideJob, progress: Progress | None = None, should_stop: Callable[[], bool] | None = None) -> SideResult:
     """Measure one side under the protocol. Raises `OptimError` subclasses with user-facing messages."""
+    from optim.logs import quiet_progress_bars
+
+    quiet_progress_bars()
     report = progress or (lambda phase, done, total: None)
     run, optim = job.run, job.optim
     phase = "loading"

@@ -13,3 +13,6 @@ import torch  # noqa: E402, F401
 from diffusers import DiffusionPipeline, FluxPipeline  # noqa: E402, F401
 
 import optim.measure  # noqa: E402, F401
+from optim.logs import quiet_progress_bars  # noqa: E402
+
+quiet_progress_bars()
