@@ -1,0 +1,98 @@
+"""What one request may ask for: size, steps, runs, upload and link sizes, which models. Configurable through
+environment variables, with defaults that keep a shared public server (a Hugging Face Space) alive.
+
+    OPTIM_PUBLIC=1          public mode: no local model folders, tighter limits (on automatically on a Space)
+    OPTIM_MAX_PIXELS        width x height (default 1024*1024; public 1024*1024)
+    OPTIM_MAX_STEPS         denoising steps (default 100; public 50)
+    OPTIM_MAX_TIMED_RUNS    timed runs per side (default 20; public 5)
+    OPTIM_MAX_WARMUP_RUNS   warm-up runs per side (default 5; public 2)
+    OPTIM_MAX_UPLOAD_BYTES  preset upload size (default 65536)
+    OPTIM_MAX_LINK_CHARS    share-link token length (default 4096)
+    OPTIM_LOCAL_MODEL_ROOTS folders local models may come from, ':'-separated (default: anywhere; public: none)
+
+Example:
+    >>> check_run(RunSpec(steps=10_000), Limits())   # doctest: +SKIP
+    ConfigError: run.steps: 10000 is more than this server allows (at most 100)
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping
+
+from optim.config import RunSpec
+from optim.errors import ConfigError
+from optim.models import model_defaults, resolve_model
+
+
+@dataclass(frozen=True)
+class Limits:
+    public: bool = False
+    max_pixels: int = 1024 * 1024
+    max_steps: int = 100
+    max_timed_runs: int = 20
+    max_warmup_runs: int = 5
+    max_upload_bytes: int = 64 * 1024
+    max_link_chars: int = 4096
+    local_model_roots: tuple[Path, ...] | None = None  # None: anywhere (when not public)
+
+    @property
+    def allow_local_models(self) -> bool:
+        return not self.public or bool(self.local_model_roots)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Limits:
+        env = os.environ if environ is None else environ
+        public = env.get("OPTIM_PUBLIC", "").lower() in ("1", "true", "yes") or bool(env.get("SPACE_ID"))
+        base = cls(public=True, max_steps=50, max_timed_runs=5, max_warmup_runs=2) if public else cls()
+
+        def number(name: str, default: int) -> int:
+            value = env.get(name)
+            if value is None:
+                return default
+            try:
+                parsed = int(value)
+            except ValueError:
+                raise ConfigError(f"environment variable {name}={value!r} must be a whole number") from None
+            if parsed < 1:
+                raise ConfigError(f"environment variable {name}={value!r} must be at least 1")
+            return parsed
+
+        roots_text = env.get("OPTIM_LOCAL_MODEL_ROOTS")
+        roots = tuple(Path(p).resolve() for p in roots_text.split(":") if p) if roots_text else base.local_model_roots
+        return cls(
+            public=public,
+            max_pixels=number("OPTIM_MAX_PIXELS", base.max_pixels),
+            max_steps=number("OPTIM_MAX_STEPS", base.max_steps),
+            max_timed_runs=number("OPTIM_MAX_TIMED_RUNS", base.max_timed_runs),
+            max_warmup_runs=number("OPTIM_MAX_WARMUP_RUNS", base.max_warmup_runs),
+            max_upload_bytes=number("OPTIM_MAX_UPLOAD_BYTES", base.max_upload_bytes),
+            max_link_chars=number("OPTIM_MAX_LINK_CHARS", base.max_link_chars),
+            local_model_roots=roots,
+        )
+
+
+def check_run(run: RunSpec, limits: Limits) -> None:
+    """Refuse a request beyond this server's limits (before anything runs), naming the setting and the limit."""
+    problems = []
+    ref = resolve_model(run.model, allow_local=limits.allow_local_models, local_roots=limits.local_model_roots)
+    defaults = model_defaults(ref)
+    steps = run.steps or defaults.steps
+    width, height = run.width or defaults.width, run.height or defaults.height
+    if steps > limits.max_steps:
+        problems.append(f"run.steps: {steps} is more than this server allows (at most {limits.max_steps})")
+    if width * height > limits.max_pixels:
+        problems.append(
+            f"run.width x run.height: {width}x{height} is more than this server allows "
+            f"(at most {limits.max_pixels} pixels, e.g. 1024x1024)"
+        )
+    if run.timed_runs > limits.max_timed_runs:
+        problems.append(f"run.timed_runs: {run.timed_runs} is more than this server allows (at most {limits.max_timed_runs})")
+    if run.warmup_runs > limits.max_warmup_runs:
+        problems.append(
+            f"run.warmup_runs: {run.warmup_runs} is more than this server allows (at most {limits.max_warmup_runs})"
+        )
+    if problems:
+        raise ConfigError("; ".join(problems))
