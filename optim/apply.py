@@ -12,11 +12,12 @@ from __future__ import annotations
 from typing import Any
 
 from optim import config as C
+from optim.generation import guidance_style
 from optim.models import ResolvedRun
 from optim.techniques import Applied
 from optim.techniques.attention import apply_attention
 from optim.techniques.cache import apply_cache
-from optim.techniques.compile import apply_channels_last, apply_compile, apply_dynamo_settings
+from optim.techniques.compile import apply_channels_last, apply_compile, apply_dynamo_settings, resolve_fullgraph
 from optim.techniques.offload import apply_offload
 from optim.techniques.quantization import describe_quantization
 from optim.techniques.vae import apply_vae
@@ -29,8 +30,8 @@ def apply_before_probe(
     if not isinstance(optim.quantization, C.NoQuantization):
         applied.add(f"quantization: {describe_quantization(optim.quantization)} (at load)")
     apply_attention(pipe, optim.attention, applied)
-    distilled = bool(getattr(pipe.transformer.config, "guidance_embeds", False))
-    apply_cache(pipe, optim.cache, applied, steps=run.steps, guidance_distilled=distilled, mag_ratios=mag_ratios)
+    batched_cfg = guidance_style(pipe) == "cfg"
+    apply_cache(pipe, optim.cache, applied, steps=run.steps, batched_cfg=batched_cfg, mag_ratios=mag_ratios)
     apply_offload(pipe, optim.offload, applied, device=run.device)
     apply_vae(pipe, optim.vae, applied, width=run.width, height=run.height)
 
@@ -40,4 +41,4 @@ def apply_after_probe(pipe: Any, optim: C.OptimConfig, applied: Applied) -> None
     bitsandbytes = optim.quantization.backend.startswith("bitsandbytes")
     apply_dynamo_settings(optim.compile, applied, bitsandbytes=bitsandbytes, offloaded=optim.offload.mode != "none")
     apply_channels_last(pipe, optim.compile, applied)
-    apply_compile(pipe, optim.compile, applied)
+    apply_compile(pipe, optim.compile, applied, fullgraph=resolve_fullgraph(optim))

@@ -13,7 +13,9 @@ from typing import Any
 from optim import capabilities
 from optim import config as C
 from optim.errors import IncompatibleError, ModelError, UnavailableError
+from optim.generation import guidance_style_of
 from optim.models import ModelRef, ResolvedRun, read_component_config, read_model_index
+from optim.techniques.compile import needs_graph_breaks
 from optim.techniques.quantization import quantizable_components
 
 
@@ -41,6 +43,8 @@ def describe_model(ref: ModelRef) -> dict[str, Any]:
         from optim.synthetic import SYNTHETIC_MODELS
 
         return SYNTHETIC_MODELS[ref.location].describe()
+    import diffusers
+
     index = read_model_index(ref)
     transformer = index.get("transformer")
     if not (isinstance(transformer, list) and transformer[1]):
@@ -49,10 +53,12 @@ def describe_model(ref: ModelRef) -> dict[str, Any]:
             "transformer-based pipelines (FLUX, SD3, Qwen-Image, CogView4, Wan ...), not UNet ones"
         )
     transformer_config = read_component_config(ref, "transformer") or {}
+    embeds = bool(transformer_config.get("guidance_embeds", False))
     return {
         "pipeline": index.get("_class_name"),
         "transformer": transformer[1],
-        "guidance_embeds": bool(transformer_config.get("guidance_embeds", False)),
+        "guidance_embeds": embeds,
+        "guidance": guidance_style_of(getattr(diffusers, index["_class_name"]), embeds),
         "components": quantizable_components(index),
     }
 
@@ -88,13 +94,25 @@ def check(optim: C.OptimConfig, run: ResolvedRun, model: dict[str, Any]) -> list
             "sequential CPU offload moves every layer's weights on each call, which torch.compile cannot trace; "
             "use offload mode 'model_cpu' or 'group' with compile, or turn compile off"
         )
-    if isinstance(optim.cache, C.FasterCache) and model.get("pipeline") == "FluxPipeline":
-        distilled = optim.cache.is_guidance_distilled
-        if distilled is False and not model["guidance_embeds"]:
+    breaks = needs_graph_breaks(optim)
+    if optim.compile.mode != "off" and optim.compile.fullgraph and breaks:
+        raise IncompatibleError(
+            f"compile fullgraph=true cannot work here: {breaks}, which breaks the graph. Set compile fullgraph to "
+            "false (or leave it unset: auto), or turn the cache/group offload off"
+        )
+    quantized_subclass = optim.quantization.backend in ("torchao", "quanto")
+    if optim.offload.mode == "group" and optim.offload.offload_to_disk and quantized_subclass:
+        raise IncompatibleError(
+            f"group offload to disk cannot store {optim.quantization.backend}-quantized weights (safetensors cannot "
+            "serialize their tensor subclasses); turn offload_to_disk off to offload to CPU memory instead"
+        )
+    if isinstance(optim.cache, C.FasterCache) and optim.cache.is_guidance_distilled is False:
+        if model["guidance"] != "cfg":
             raise IncompatibleError(
                 "FasterCache with is_guidance_distilled=false approximates the unconditional branch of a batched "
-                "classifier-free guidance; FluxPipeline runs its two guidance branches as separate calls. Leave "
-                "is_guidance_distilled unset (or true) so only attention reuse applies"
+                f"classifier-free guidance; {model['pipeline']} has none to approximate ("
+                + ("guidance-distilled" if model["guidance"] == "distilled" else "its guidance branches run as separate calls")
+                + "). Leave is_guidance_distilled unset so only FasterCache's attention reuse applies"
             )
     return notes
 

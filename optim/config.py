@@ -317,7 +317,9 @@ class CompileConfig(_Settings):
 
     mode: Literal["off", "regional", "full"] = "off"
     inductor_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = "default"
-    fullgraph: bool = True
+    # None = auto: one graph (fullgraph) unless a cache or group offload is on, whose hooks run outside the
+    # graph and need graph breaks (measured: every such pair fails with fullgraph=true).
+    fullgraph: bool | None = None
     dynamic: bool | None = None
     channels_last: bool = False
     # The seed's advice: capture dynamic output shapes for bitsandbytes, a large recompile cache with offloading.

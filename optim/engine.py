@@ -71,6 +71,7 @@ class Comparison:
             "warmup_s": sum(side.warmup_s),
             "warmup_runs_s": side.warmup_s,
             "compile_s": side.compile_s,
+            "compile_cold": side.details.get("compile_cold"),
             "work_fraction": work_fraction,
             "work_per_step": work_per_step,
             "component_sizes_mb": side.component_sizes_mb,

@@ -19,13 +19,19 @@ from optim.models import ResolvedRun
 
 
 def guidance_style(pipe: Any) -> str:
-    """How this pipeline takes guidance: 'true_cfg' (FLUX without guidance embeddings), 'distilled', or 'cfg'."""
-    params = inspect.signature(pipe.__call__).parameters
+    """How this pipeline takes guidance (see `guidance_style_of`)."""
     embeds = bool(getattr(getattr(getattr(pipe, "transformer", None), "config", None), "guidance_embeds", False))
-    if "true_cfg_scale" in params and not embeds:
-        return "true_cfg"
-    if embeds:
+    return guidance_style_of(type(pipe), embeds)
+
+
+def guidance_style_of(pipeline_class: Any, guidance_embeds: bool) -> str:
+    """'distilled' (guidance embeddings, e.g. FLUX.1-dev: one pass, no negative prompt), 'true_cfg' (FLUX-style
+    pipelines without embeddings: real CFG through `true_cfg_scale`, the two branches as *separate* calls), or
+    'cfg' (classic classifier-free guidance, the two branches batched in one call)."""
+    if guidance_embeds:
         return "distilled"
+    if "true_cfg_scale" in inspect.signature(pipeline_class.__call__).parameters:
+        return "true_cfg"
     return "cfg"
 
 

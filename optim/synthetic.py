@@ -94,6 +94,7 @@ class SyntheticModel:
             "pipeline": "FluxPipeline",
             "transformer": "FluxTransformer2DModel",
             "guidance_embeds": bool(self.transformer["guidance_embeds"]),
+            "guidance": "distilled" if self.transformer["guidance_embeds"] else "true_cfg",
             "components": {
                 "transformer": "diffusers",
                 "vae": "diffusers",

@@ -14,8 +14,9 @@ from optim.errors import IncompatibleError
 from optim.techniques import Applied
 
 
-def build_cache_config(pipe: Any, cache: Any, *, steps: int, guidance_distilled: bool, mag_ratios: list[float] | None) -> Any:
-    """The diffusers config object for one of our cache settings."""
+def build_cache_config(pipe: Any, cache: Any, *, steps: int, batched_cfg: bool, mag_ratios: list[float] | None) -> Any:
+    """The diffusers config object for one of our cache settings. `batched_cfg`: the pipeline runs both guidance
+    branches in one batch (what FasterCache's unconditional-branch approximation needs)."""
     import torch
     from diffusers import hooks
 
@@ -36,7 +37,9 @@ def build_cache_config(pipe: Any, cache: Any, *, steps: int, guidance_distilled:
             current_timestep_callback=timestep,
         )
     if isinstance(cache, C.FasterCache):
-        distilled = guidance_distilled if cache.is_guidance_distilled is None else cache.is_guidance_distilled
+        # diffusers' flag means "no batched unconditional branch to approximate": true for guidance-distilled
+        # models and for pipelines that run the two guidance branches as separate calls (FLUX's true CFG).
+        distilled = (not batched_cfg) if cache.is_guidance_distilled is None else cache.is_guidance_distilled
         weight = cache.attention_weight
         return hooks.FasterCacheConfig(
             spatial_attention_block_skip_range=cache.spatial_attention_block_skip_range,
@@ -84,7 +87,7 @@ def flux_mag_ratios() -> list[float]:
 
 
 def apply_cache(
-    pipe: Any, cache: Any, applied: Applied, *, steps: int, guidance_distilled: bool, mag_ratios: list[float] | None = None
+    pipe: Any, cache: Any, applied: Applied, *, steps: int, batched_cfg: bool, mag_ratios: list[float] | None = None
 ) -> None:
     if isinstance(cache, C.NoCache):
         return
@@ -95,10 +98,15 @@ def apply_cache(
             f"{type(transformer).__name__} has none"
         )
     diffusers_config = build_cache_config(
-        pipe, cache, steps=steps, guidance_distilled=guidance_distilled, mag_ratios=mag_ratios
+        pipe, cache, steps=steps, batched_cfg=batched_cfg, mag_ratios=mag_ratios
     )
     transformer.enable_cache(diffusers_config)
     applied.add(f"cache: {describe_cache(cache)}", transformer.disable_cache)
+    if isinstance(cache, C.FasterCache) and cache.is_guidance_distilled is None:
+        applied.add(
+            f"FasterCache is_guidance_distilled={diffusers_config.is_guidance_distilled} "
+            f"({'guidance branches batched' if batched_cfg else 'no batched unconditional branch in this pipeline'})"
+        )
 
 
 def describe_cache(cache: Any) -> str:

@@ -72,13 +72,39 @@ def apply_channels_last(pipe: Any, compile_config: CompileConfig, applied: Appli
         )
 
 
-def apply_compile(pipe: Any, compile_config: CompileConfig, applied: Applied) -> None:
+def cold_compile() -> bool:
+    """Measure cold compiles (an empty inductor cache per side): the honest default. OPTIM_COLD_COMPILE=0 reuses
+    the on-disk cache, for faster repeated compiles (tests, demos); the report then says the figure is warm."""
+    return os.environ.get("OPTIM_COLD_COMPILE", "1").lower() not in ("0", "false", "no")
+
+
+def needs_graph_breaks(optim: Any) -> str | None:
+    """Why this configuration cannot be compiled as one graph (None if it can): caches and group offload hook
+    the transformer's blocks with code torch.compile must not trace (`torch.compiler.disable`) or that branches
+    on data."""
+    if optim.cache.method != "none":
+        return f"the {optim.cache.method} cache decides per step in Python hooks"
+    if optim.offload.mode == "group":
+        return "group offload moves weights in hooks around each group"
+    return None
+
+
+def resolve_fullgraph(optim: Any) -> bool:
+    if optim.compile.fullgraph is not None:
+        return optim.compile.fullgraph
+    return needs_graph_breaks(optim) is None
+
+
+def apply_compile(pipe: Any, compile_config: CompileConfig, applied: Applied, *, fullgraph: bool = True) -> None:
     import torch
 
     if compile_config.mode == "off":
         return
-    fresh_inductor_cache(applied)
-    kwargs: dict[str, Any] = {"fullgraph": compile_config.fullgraph, "dynamic": compile_config.dynamic}
+    cold = cold_compile()
+    if cold:
+        fresh_inductor_cache(applied)
+    applied.details["compile_cold"] = cold
+    kwargs: dict[str, Any] = {"fullgraph": fullgraph, "dynamic": compile_config.dynamic}
     if compile_config.inductor_mode != "default":
         kwargs["mode"] = compile_config.inductor_mode
     transformer = pipe.transformer
