@@ -188,10 +188,16 @@ def compare(
     baseline_cache: BaselineCache | None = None,
     allow_local: bool = True,
     local_roots: Any = None,
+    memory_limit_mb: int | None = None,
 ) -> Comparison:
-    """Measure the baseline and the optimized side under one protocol and compare them."""
+    """Measure the baseline and the optimized side under one protocol and compare them.
+
+    `isolation="process"` (default) runs each side in a fresh worker process; `memory_limit_mb` caps what each
+    worker may allocate beyond its start (process isolation only)."""
     if isolation not in ISOLATION_MODES:
         raise ConfigError(f"isolation {isolation!r} is not one of {', '.join(ISOLATION_MODES)}")
+    if memory_limit_mb is not None and isolation != "process":
+        raise ConfigError("a memory limit needs isolation 'process' (it would limit this whole process)")
     if isinstance(preset, OptimConfig):
         preset = make_preset("custom", preset, description="settings chosen by hand")
     started = time.perf_counter()
@@ -215,10 +221,10 @@ def compare(
     baseline = baseline_cache.get(key) if baseline_cache is not None else None
     reused = baseline is not None
     if baseline is None:
-        baseline = measure(SideJob("baseline", ref, run, OptimConfig()))
+        baseline = measure(SideJob("baseline", ref, run, OptimConfig(), memory_limit_mb))
         if baseline_cache is not None:
             baseline_cache.put(key, baseline)
-    optimized = measure(SideJob("optimized", ref, run, preset.optim))
+    optimized = measure(SideJob("optimized", ref, run, preset.optim, memory_limit_mb))
 
     quality = image_quality(baseline.image, optimized.image)
     heatmap, scale = diff_heatmap(baseline.image, optimized.image)

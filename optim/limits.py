@@ -9,6 +9,8 @@ environment variables, with defaults that keep a shared public server (a Hugging
     OPTIM_MAX_UPLOAD_BYTES  preset upload size (default 65536)
     OPTIM_MAX_LINK_CHARS    share-link token length (default 4096)
     OPTIM_LOCAL_MODEL_ROOTS folders local models may come from, ':'-separated (default: anywhere; public: none)
+    OPTIM_MAX_SIDE_MEMORY_MB  memory one side's worker process may map beyond its start (default: no cap); past
+                            it the side fails with a clean out-of-memory error instead of the OOM killer
 
 Example:
     >>> check_run(RunSpec(steps=10_000), Limits())   # doctest: +SKIP
@@ -37,6 +39,7 @@ class Limits:
     max_upload_bytes: int = 64 * 1024
     max_link_chars: int = 4096
     local_model_roots: tuple[Path, ...] | None = None  # None: anywhere (when not public)
+    max_side_memory_mb: int | None = None
 
     @property
     def allow_local_models(self) -> bool:
@@ -71,6 +74,7 @@ class Limits:
             max_upload_bytes=number("OPTIM_MAX_UPLOAD_BYTES", base.max_upload_bytes),
             max_link_chars=number("OPTIM_MAX_LINK_CHARS", base.max_link_chars),
             local_model_roots=roots,
+            max_side_memory_mb=number("OPTIM_MAX_SIDE_MEMORY_MB", 0) or None,
         )
 
 

@@ -25,6 +25,7 @@ from typing import Any, Callable
 import numpy as np
 
 from optim import config as C
+from optim import faults
 from optim.apply import apply_after_probe, apply_before_probe
 from optim.errors import Cancelled, OptimError, RunError
 from optim.generation import CallResult, call_kwargs, generate
@@ -45,6 +46,8 @@ class SideJob:
     model: ModelRef
     run: ResolvedRun
     optim: C.OptimConfig
+    # Worker processes only: the most memory (MB beyond what the process has at start) the side may map.
+    memory_limit_mb: int | None = None
 
 
 @dataclass
@@ -146,6 +149,9 @@ def run_side(job: SideJob, progress: Progress | None = None, should_stop: Callab
             warmup_s.append(result.latency_s)
 
         phase = "timed runs"
+        fault = faults.requested(run.prompt, job.side)
+        if fault:
+            faults.inject(fault, height=run.height, width=run.width, should_stop=should_stop)
         memory.reset_peaks()
         timed: list[CallResult] = []
         for index in range(run.timed_runs):
@@ -232,7 +238,12 @@ def explain_failure(error: BaseException, *, phase: str, job: SideJob) -> RunErr
     settings = C.minimal_dict(job.optim) or "no optimizations"
     where = f"{job.side} side, while {phase}, settings {settings}"
     lowered = text.lower()
-    if isinstance(error, MemoryError) or "out of memory" in lowered or type(error).__name__ == "OutOfMemoryError":
+    if (
+        isinstance(error, MemoryError)
+        or "out of memory" in lowered
+        or "can't allocate memory" in lowered
+        or type(error).__name__ == "OutOfMemoryError"
+    ):
         hint = "lower the size or steps, quantize, or offload (model_cpu or group) to fit in memory"
         return RunError(f"out of memory ({where}): {text}. Try: {hint}")
     if phase == "compiling" or "dynamo" in type(error).__module__ or "inductor" in type(error).__module__:

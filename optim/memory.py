@@ -34,6 +34,16 @@ def rss_mb() -> float:
     return psutil.Process().memory_info().rss / MB
 
 
+def virtual_mb() -> float:
+    """Virtual memory size of this process now (what RLIMIT_AS limits)."""
+    kb = _status_kb("VmSize")
+    if kb is not None:
+        return kb / 1024
+    import psutil
+
+    return psutil.Process().memory_info().vms / MB
+
+
 def reset_host_peak() -> bool:
     """Reset the kernel's high-water mark to the current RSS. False where the kernel does not allow it."""
     try:

@@ -56,6 +56,17 @@ def _child(job: SideJob, connection: Any, environment: dict[str, str]) -> None:
         connection.close()
 
 
+def limit_memory(extra_mb: int) -> None:
+    """Cap this process's address space at its current size plus `extra_mb`: an allocation beyond it fails
+    with a clean out-of-memory error here instead of the kernel's OOM killer picking a victim (maybe the server)."""
+    import resource
+
+    from optim.memory import virtual_mb
+
+    limit = int((virtual_mb() + extra_mb) * 1024 * 1024)
+    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+
 def _rebuild(kind: str, message: str) -> OptimError:
     cls = getattr(errors, kind, None)
     if not (isinstance(cls, type) and issubclass(cls, OptimError)):
