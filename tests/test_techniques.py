@@ -220,7 +220,8 @@ def test_compile_compiles_cold_and_keeps_the_image(settings):
     assert report["optimized"]["compile_s"] > 0.5
     assert report["optimized"]["compile_cold"] is True
     assert report["quality"]["max_abs_diff"] <= 3
-    assert "TORCHINDUCTOR_CACHE_DIR" not in os.environ
+    # inductor sets the variable to its default cache itself once it runs; it must not point at our temp cache
+    assert not os.environ.get("TORCHINDUCTOR_CACHE_DIR", "").startswith("/tmp/optim-inductor-")
     assert not glob.glob("/tmp/optim-inductor-*"), "the fresh inductor cache must be removed"
 
 

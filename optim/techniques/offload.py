@@ -45,6 +45,8 @@ def apply_offload(pipe: Any, offload: OffloadConfig, applied: Applied, *, device
     }
     if offload.offload_type == "block_level":
         kwargs["num_blocks_per_group"] = offload.num_blocks_per_group
+    if disk_dir:  # registered first, so the folder goes even if enabling fails
+        applied._undo.append(lambda: shutil.rmtree(disk_dir, ignore_errors=True))
     pipe.enable_group_offload(**kwargs)
     where = "disk" if disk_dir else "CPU"
     text = f"offload: group offload ({offload.offload_type}"
@@ -55,7 +57,7 @@ def apply_offload(pipe: Any, offload: OffloadConfig, applied: Applied, *, device
     if offload.low_cpu_mem_usage:
         text += ", low CPU memory"
     text += f", to {where})"
-    applied.add(text, (lambda: shutil.rmtree(disk_dir, ignore_errors=True)) if disk_dir else None)
+    applied.add(text)
     if device == "cpu" and not disk_dir:
         applied.warn(
             "group offload on a CPU-only machine moves weights from CPU to CPU: it runs, but saves no memory "
