@@ -255,4 +255,9 @@ def explain_failure(error: BaseException, *, phase: str, job: SideJob) -> RunErr
             f"attention backend {job.optim.attention.backend!r} failed at run time ({where}): {text}. "
             "Try 'native' or another backend listed as available"
         )
-    return RunError(f"{type(error).__name__} ({where}): {text}")
+    families = list(C.minimal_dict(job.optim))
+    if families:
+        hint = f"Try turning off {', '.join(families)} one at a time to find which setting fails"
+    else:
+        hint = "The model itself failed with these run settings: try another size, step count or dtype"
+    return RunError(f"{type(error).__name__} ({where}): {text}. {hint}")

@@ -97,6 +97,8 @@ def resolve_model(name: str, *, allow_local: bool = True, local_roots: tuple[Pat
     `allow_local=False` (a public server) refuses folders; `local_roots` limits folders to those places.
     """
     name = name.strip()
+    if not name or len(name) > 300 or "\x00" in name:
+        raise ModelError("model: give a name of 1 to 300 characters ('embedded', a Hub id or a folder)")
     if name == EMBEDDED_MODEL:
         return ModelRef(name, "embedded", str(EMBEDDED_PATH))
     if name.startswith(SYNTHETIC_PREFIX):
@@ -110,7 +112,7 @@ def resolve_model(name: str, *, allow_local: bool = True, local_roots: tuple[Pat
             )
         return ModelRef(name, "synthetic", key)
     # An existing folder wins over a Hub id of the same spelling; a path-like name is always a folder.
-    if Path(name).expanduser().is_dir() or name.startswith(("/", ".", "~")):
+    if _is_dir(name) or name.startswith(("/", ".", "~")):
         return _resolve_folder(name, allow_local=allow_local, local_roots=local_roots)
     if HUB_ID.match(name):
         return ModelRef(name, "hub", name)
@@ -120,16 +122,26 @@ def resolve_model(name: str, *, allow_local: bool = True, local_roots: tuple[Pat
     )
 
 
+def _is_dir(name: str) -> bool:
+    try:
+        return Path(name).expanduser().is_dir()
+    except (OSError, ValueError):  # a name too long for a path, say
+        return False
+
+
 def _resolve_folder(name: str, *, allow_local: bool, local_roots: tuple[Path, ...] | None) -> ModelRef:
     if not allow_local:
         raise ModelError(
             f"model {name!r}: local folders are disabled on this server; use 'embedded' or a Hub model id"
         )
-    path = Path(name).expanduser().resolve()
+    try:
+        path = Path(name).expanduser().resolve()
+    except (OSError, RuntimeError, ValueError):
+        raise ModelError(f"model folder {name[:80]!r} is not a usable path") from None
     if local_roots is not None and not any(_is_within(path, root) for root in local_roots):
         allowed = ", ".join(str(root) for root in local_roots) or "none"
         raise ModelError(f"model folder {name!r} is outside the allowed places ({allowed})")
-    if not path.is_dir():
+    if not _is_dir(str(path)):
         raise ModelError(f"model folder {name!r} does not exist")
     if not (path / "model_index.json").is_file():
         raise ModelError(f"model folder {name!r} has no model_index.json: is it a diffusers pipeline folder?")

@@ -1,4 +1,5 @@
-"""Imported once by the worker forkserver so every side's process starts with torch and diffusers loaded.
+"""Imported once by the worker zygote (`optim.zygote`) so every side's process starts with torch and diffusers
+loaded.
 
 Importing must not initialize CUDA or start thread pools (a fork would inherit them half-made); plain imports
 do neither.

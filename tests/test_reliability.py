@@ -27,9 +27,16 @@ def _run(**changes):
 
 
 def _workers() -> list[psutil.Process]:
-    """Side processes still alive (the forkserver itself stays, by design)."""
+    """Side processes still alive (the zygote itself stays, by design)."""
     me = psutil.Process()
-    return [p for p in me.children(recursive=True) if "forkserver" not in " ".join(p.cmdline())]
+    alive = []
+    for process in me.children(recursive=True):
+        try:
+            if "optim.zygote" not in " ".join(process.cmdline()) and process.status() != psutil.STATUS_ZOMBIE:
+                alive.append(process)
+        except psutil.NoSuchProcess:
+            pass
+    return alive
 
 
 def _assert_next_comparison_works():

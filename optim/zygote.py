@@ -1,0 +1,103 @@
+"""The worker zygote: a long-lived process that has imported torch and diffusers once and forks a fresh child
+for each side. Started by `optim.worker` as `python -m optim.zygote FD`; not meant to be run by hand.
+
+Why not multiprocessing's forkserver: its children re-run the parent's `__main__` script (for `python app.py`,
+that is the whole Gradio app) before doing any work. Here a child is a plain fork of this small process.
+
+Protocol, on Unix sockets:
+* control socket (SOCK_SEQPACKET, from the parent): each message is a pickled job (the target's module and
+  name, its argument, the parent's environment) with one file descriptor attached: the job socket.
+* job socket (SOCK_STREAM, framed by `multiprocessing.connection.Connection`): the zygote first sends
+  ("pid", pid); the child sends whatever its target sends; when the child has exited the zygote sends
+  ("exit", status) and closes it. status < 0 means killed by that signal.
+
+The zygote is single-threaded (forking a threaded process can deadlock the child) and exits when the parent
+closes the control socket.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import pickle
+import select
+import signal
+import socket
+import sys
+from multiprocessing.connection import Connection
+
+MAX_JOB_BYTES = 1 << 22
+
+
+def _exit_status(status: int) -> int:
+    if os.WIFSIGNALED(status):
+        return -os.WTERMSIG(status)
+    return os.WEXITSTATUS(status)
+
+
+def _run_child(job: dict, connection: Connection) -> None:
+    """In the forked child: take the parent's environment, run the target, report, exit."""
+    os.environ.clear()
+    os.environ.update(job["environment"])
+    module = importlib.import_module(job["module"])
+    target = getattr(module, job["function"])
+    target(job["argument"], connection)
+
+
+def serve(control: socket.socket) -> None:
+    running: dict[int, Connection] = {}
+    while True:
+        readable, _, _ = select.select([control], [], [], 0.1)
+        # Reap finished children and tell their parents how they ended.
+        while running:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                break
+            if pid == 0:
+                break
+            connection = running.pop(pid, None)
+            if connection is not None:
+                try:
+                    connection.send(("exit", _exit_status(status)))
+                except OSError:
+                    pass
+                connection.close()
+        if not readable:
+            continue
+        message, fds, _, _ = socket.recv_fds(control, MAX_JOB_BYTES, 1)
+        if not message:  # the parent closed the control socket: we are done
+            return
+        if not fds:
+            continue
+        connection = Connection(fds[0])
+        job = pickle.loads(message)  # from our own parent process only: the control socket is private
+        pid = os.fork()
+        if pid == 0:
+            control.close()
+            for other in running.values():
+                other.close()
+            code = 0
+            try:
+                _run_child(job, connection)
+            except BaseException:  # noqa: BLE001 - the target reports its own errors; this is a last resort
+                code = 1
+            finally:
+                try:
+                    connection.close()
+                finally:
+                    os._exit(code)
+        running[pid] = connection
+        connection.send(("pid", pid))
+
+
+def main() -> None:
+    control = socket.socket(fileno=int(sys.argv[1]))
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C in the parent's terminal is the parent's business
+    for name in sys.argv[2:]:
+        importlib.import_module(name)
+    serve(control)
+
+
+if __name__ == "__main__":
+    main()

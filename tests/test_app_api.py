@@ -1,0 +1,106 @@
+"""The public `compare` endpoint, called the way users script it: gradio_client against `python app.py`."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import FAST_RUN
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server_url(tmp_path_factory):
+    """`python app.py` on a free port (GRADIO_SERVER_PORT), as a user or a Space starts it."""
+    port = free_port()
+    env = {**os.environ, "GRADIO_SERVER_PORT": str(port), "GRADIO_SERVER_NAME": "127.0.0.1",
+           "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False"}
+    log_path = tmp_path_factory.mktemp("server") / "app.log"
+    with open(log_path, "w") as log:
+        process = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            if process.poll() is not None:
+                pytest.fail(f"python app.py exited with {process.returncode}:\n{log_path.read_text()[-3000:]}")
+            try:
+                urllib.request.urlopen(url, timeout=5)
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    pytest.fail(f"python app.py did not serve {url}:\n{log_path.read_text()[-3000:]}")
+                time.sleep(1)
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@pytest.fixture(scope="module")
+def client(server_url):
+    from gradio_client import Client
+
+    return Client(server_url, verbose=False)
+
+
+def test_only_compare_is_public(client):
+    endpoints = client.view_api(return_format="dict", print_info=False)["named_endpoints"]
+    assert list(endpoints) == ["/compare"]
+    names = [p["parameter_name"] for p in endpoints["/compare"]["parameters"]]
+    assert names[:7] == ["preset", "model", "prompt", "seed", "steps", "width", "height"]
+
+
+def test_compare_returns_the_full_report_and_lossless_images(client):
+    report, baseline, optimized, diff = client.predict(
+        "first-block-cache", "embedded", "a green triangle on a white background", 3,
+        FAST_RUN["steps"], 128, 128, None, FAST_RUN["timed_runs"], api_name="/compare",
+    )
+    assert report["preset"]["name"] == "first-block-cache"
+    assert report["run"]["prompt"] == "a green triangle on a white background"
+    assert (report["run"]["seed"], report["run"]["steps"], report["run"]["width"]) == (3, FAST_RUN["steps"], 128)
+    assert report["speedup"] > 0 and "memory_saving_mb" in report
+    for side in ("baseline", "optimized"):
+        data = report[side]
+        assert data["latency_s"]["median"] > 0 and len(data["per_step_s"]) == FAST_RUN["steps"]
+        assert data["peak_memory_mb"] is not None and data["load_s"] > 0
+    assert report["optimized"]["applied"] == ["cache: first_block_cache (threshold=0.1)"]
+    quality = report["quality"]
+    assert set(quality) >= {"psnr_db", "ssim", "max_abs_diff", "mean_abs_diff", "heatmap_scale"}
+    images = {}
+    for name, path in (("baseline", baseline), ("optimized", optimized), ("diff", diff)):
+        with Image.open(path) as image:
+            assert image.format == "PNG" and image.size == (128, 128)
+            images[name] = np.asarray(image.convert("RGB")).astype(int)
+    # Lossless: the difference computed from the returned images is the report's.
+    assert np.abs(images["baseline"] - images["optimized"]).max() == quality["max_abs_diff"]
+
+
+def test_a_bad_request_gets_the_engines_message(client):
+    from gradio_client.exceptions import AppError
+
+    with pytest.raises(AppError, match="threshold"):
+        client.predict('{"schema_version": 1, "name": "x", "optim": {"cache": {"method": "first_block_cache", '
+                       '"threshold": 7}}}', "embedded", "", 0, 4, 128, 128, None, 1, api_name="/compare")
+    with pytest.raises(AppError, match="more than this server allows"):
+        client.predict("baseline", "embedded", "", 0, 450, 128, 128, None, 1, api_name="/compare")

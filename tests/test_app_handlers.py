@@ -1,0 +1,427 @@
+"""The app's event handlers as plain functions (no server): presets fill every control and read back exactly, each
+control sets exactly one config field, bad uploads and links warn without breaking anything, share links restore
+every control, and a run on the embedded model returns the images, the table and the charts."""
+
+from __future__ import annotations
+
+import base64
+import json
+import threading
+import zlib
+from pathlib import Path
+
+import gradio as gr
+import numpy as np
+import pytest
+from matplotlib.figure import Figure
+
+import app
+from optim.config import OptimConfig, RunSpec
+from optim.presets import make_preset, preset_from_json, preset_to_json
+
+from conftest import FAST_RUN
+
+NO_CHANGE = app.no_change()
+
+
+def as_values(outputs: list) -> dict:
+    """The control values from a handler's `fill` outputs."""
+    return dict(zip(app.CONTROL_KEYS, outputs[: len(app.CONTROL_KEYS)]))
+
+
+def values(**changes) -> dict:
+    """The default controls with some changed (keys use '__' for '.': cache__method='first_block_cache')."""
+    out = dict(app.DEFAULT_VALUES)
+    for key, value in changes.items():
+        key = key.replace("__", ".")
+        assert key in out, key
+        out[key] = value
+    return out
+
+
+def flat(data, prefix=""):
+    """{'cache.threshold': 0.1, ...}: the leaves of a settings dump (lists are leaves)."""
+    out = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            out.update(flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- presets
+
+
+@pytest.mark.parametrize("name", sorted(app.SHIPPED))
+def test_every_shipped_preset_fills_the_controls_and_reads_back_exactly(name):
+    start = values(run__seed=11, run__steps=7)
+    outputs = app.load_shipped(name, start)
+    filled = as_values(outputs)
+    assert outputs[len(app.CONTROL_KEYS)] == name  # the picker shows it
+    preset, run = app.settings_from_values(filled)
+    assert preset == app.SHIPPED[name]  # name, description, hardware and every optimization
+    assert (run.seed, run.steps) == (11, 7), "picking a preset keeps the run settings"
+    assert app.optim_from_values(filled) == app.SHIPPED[name].optim
+
+
+def test_unknown_shipped_preset_warns_and_changes_nothing():
+    with pytest.warns(UserWarning, match="unknown preset"):
+        assert app.load_shipped("no-such-preset", values()) == NO_CHANGE
+
+
+# A non-default value for each control, and what else must be set for that control to be in effect.
+def _active(key: str) -> dict:
+    parts = key.split(".")
+    if parts[0] == "cache" and key != "cache.method":
+        base = {"cache.method": parts[1]}
+        if key == "cache.mag_cache.mag_ratios.custom":
+            base.update({"cache.mag_cache.mag_ratios": "custom", key: "1.0, 0.9, 0.8"})
+        return base
+    if parts[0] == "quantization" and key != "quantization.backend":
+        return {"quantization.backend": parts[1] if len(parts) == 3 else "torchao"}
+    if parts[0] == "offload" and key != "offload.mode":
+        base = {"offload.mode": "group"}
+        if key == "offload.record_stream":
+            base["offload.use_stream"] = True
+        return base
+    if parts[0] == "compile" and key not in ("compile.mode", "compile.recommended_dynamo_settings"):
+        return {"compile.mode": "regional"}
+    return {}
+
+
+def _other(key: str, current):
+    """A different valid value for the control `key`."""
+    special = {
+        "attention.backend": "_native_math",
+        "cache.method": "first_block_cache",
+        "quantization.backend": "quanto",
+        "quantization.components": ["transformer", "vae"],
+        "offload.mode": "group",
+        "compile.mode": "full",
+        "compile.inductor_mode": "max-autotune",
+        "cache.mag_cache.mag_ratios": "flux",
+        "cache.mag_cache.mag_ratios.custom": "1.0, 0.8",
+        "cache.taylorseer.disable_cache_after_step": 12,
+        "cache.faster_cache.is_guidance_distilled": "on",
+        "compile.dynamic": "off",
+    }
+    if current in ("auto", "on", "off") and key not in special:  # any other tri-state (bool | None) field
+        return "on" if current != "on" else "off"
+    if key in special:
+        return special[key]
+    if isinstance(current, bool):
+        return not current
+    if isinstance(current, str):
+        choices = {
+            "offload.offload_type": "leaf_level",
+            "cache.faster_cache.tensor_format": "BFCHW",
+            "cache.taylorseer.taylor_factors_dtype": "float32",
+            "quantization.bitsandbytes_4bit.quant_type": "fp4",
+            "quantization.bitsandbytes_4bit.compute_dtype": "float16",
+            "quantization.torchao.quant_type": "int8_dynamic",
+            "quantization.quanto.weights": "int4",
+        }
+        return choices[key]
+    if isinstance(current, float):
+        return round(current + 0.03, 4) if current + 0.03 <= 1.0 else round(current - 0.03, 4)
+    assert isinstance(current, int), (key, current)
+    if key.endswith(".to"):
+        return current - 1
+    return current + 1
+
+
+@pytest.mark.parametrize("key", app.OPTIM_KEYS)
+def test_each_control_sets_exactly_one_config_field(key):
+    base = values(**{k.replace(".", "__"): v for k, v in _active(key).items()})
+    before = app.optim_from_values(base)
+    changed = dict(base)
+    changed[key] = _other(key, base[key])
+    after = app.optim_from_values(changed)
+    diff = {path for path, value in flat(after.model_dump(mode="json")).items()
+            if flat(before.model_dump(mode="json")).get(path, object()) != value}
+    parts = key.split(".")
+    if parts[-1] in ("from", "to", "custom"):
+        parts = parts[:-1]
+    if parts[0] in ("cache", "quantization") and len(parts) == 3:
+        parts = [parts[0], parts[2]]  # the variant is picked by the method/backend control
+    expected = ".".join(parts)
+    if key in ("cache.method", "quantization.backend"):
+        assert f"{parts[0]}.{'method' if parts[0] == 'cache' else 'backend'}" in diff
+    else:
+        assert diff == {expected}, f"{key} changed {diff}"
+
+
+def test_a_bad_combination_gives_the_engines_message():
+    bad = values(offload__mode="group", offload__record_stream=True)
+    with pytest.raises(app.ConfigError, match="record_stream needs use_stream"):
+        app.settings_from_values(bad)
+    assert "record_stream needs use_stream" in app.settings_summary(bad)
+    with pytest.raises(gr.Error, match="record_stream"):
+        app.run_comparison(bad, [])
+    with pytest.raises(gr.Error, match="not a list of numbers"):
+        app.run_comparison(values(cache__method="mag_cache", cache__mag_cache__mag_ratios="custom",
+                                  **{"cache__mag_cache__mag_ratios__custom": "1.0, lots"}), [])
+
+
+def test_run_controls_round_trip_and_model_defaults_fill_in():
+    run = RunSpec(model="embedded", prompt="a small red square at the top left on a black background",
+                  negative_prompt="blurry", seed=9, steps=5, width=96, height=64, guidance_scale=2.5,
+                  max_sequence_length=24, dtype="float32", device="cpu", warmup_runs=2, timed_runs=2)
+    assert app.run_from_values(app.values_from_run(run)) == run
+    filled = as_values(app.load_model_defaults("synthetic:flux-schnell", values()))
+    assert (filled["run.steps"], filled["run.guidance_scale"], filled["run.max_sequence_length"]) == (4, 0.0, 256)
+    assert filled["attention.backend"] == app.DEFAULT_VALUES["attention.backend"]
+    with pytest.warns(UserWarning, match="unknown model"):
+        assert app.load_model_defaults("not a model!", values()) == NO_CHANGE
+    assert "only meaningful on a GPU" in app.model_note("synthetic:flux-dev")
+
+
+# ------------------------------------------------------------------------------------------ share links
+
+
+def _scenarios() -> list[tuple[str, dict]]:
+    """Control values with every in-effect control away from its default, one scenario per variant."""
+    run = dict(run__prompt="a large blue triangle at the bottom right on a yellow background", run__seed=12345,
+               run__steps=9, run__width=96, run__height=112, run__guidance_scale=4.5, run__negative_prompt="noise",
+               run__max_sequence_length=20, run__dtype="float32", run__device="cpu", run__warmup_runs=2,
+               run__timed_runs=4, preset__name="my-settings", preset__description="tried on a laptop")
+    out = [("run settings", values(**run))]
+    for key in app.OPTIM_KEYS:
+        active = {k.replace(".", "__"): v for k, v in _active(key).items()}
+        scenario = values(**run, **active)
+        scenario[key] = _other(key, scenario[key])
+        out.append((key, scenario))
+    return out
+
+
+@pytest.mark.parametrize("label,controls", _scenarios(), ids=[label for label, _ in _scenarios()])
+def test_share_link_round_trips_every_control(label, controls):
+    link = app.share_link(controls)
+    assert link.startswith("?s=")
+    restored, shipped = app.restore_from_link(link[len("?s="):])
+    assert restored == controls
+    assert shipped is None
+
+
+def test_share_link_of_a_shipped_preset_selects_it_in_the_picker():
+    controls = as_values(app.load_shipped("first-block-cache", values(run__seed=3)))
+    restored, shipped = app.restore_from_link(app.share_token(controls))
+    assert restored == controls and shipped == "first-block-cache"
+
+
+def _token(payload) -> str:
+    return base64.urlsafe_b64encode(zlib.compress(json.dumps(payload).encode())).decode().rstrip("=")
+
+
+GOOD = app.share_token(values(cache__method="first_block_cache", preset__name="x"))
+BAD_LINKS = {
+    "garbage": "%%%not-a-token%%%",
+    "not zlib": base64.urlsafe_b64encode(b"hello world").decode(),
+    "truncated": GOOD[: len(GOOD) // 2],
+    "oversized": "A" * (app.LIMITS.max_link_chars + 1),
+    "bad field": _token({"v": 1, "preset": {"schema_version": 1, "name": "x",
+                                            "optim": {"cache": {"method": "first_block_cache", "threshold": 5}}},
+                         "run": {}}),
+    "unknown key": _token({"v": 1, "preset": {"schema_version": 1, "name": "x", "optim": {"turbo": True}}}),
+    "bad run": _token({"v": 1, "preset": {"schema_version": 1, "name": "x"}, "run": {"steps": 0}}),
+    "beyond limits": _token({"v": 1, "preset": {"schema_version": 1, "name": "x"},
+                             "run": {"steps": app.LIMITS.max_steps + 1}}),
+    "unknown model": _token({"v": 1, "preset": {"schema_version": 1, "name": "x"}, "run": {"model": "no such!"}}),
+    "wrong version": _token({"v": 99, "preset": {"schema_version": 1, "name": "x"}}),
+    "not an object": _token([1, 2, 3]),
+    "zip bomb": base64.urlsafe_b64encode(zlib.compress(b"{" + b" " * 1_000_000 + b"}", 9)).decode(),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BAD_LINKS))
+def test_a_bad_link_warns_and_gives_the_defaults(name):
+    with pytest.warns(UserWarning, match="share link could not be used"):
+        restored, shipped = app.restore_from_link(BAD_LINKS[name])
+    assert restored == app.DEFAULT_VALUES and shipped is None
+
+
+class FakeRequest:
+    def __init__(self, query):
+        self.query_params = query
+        self.session_hash = "test-session"
+
+
+def test_page_load_restores_a_link_or_the_defaults_and_lists_saved_presets():
+    controls = values(run__seed=77, cache__method="taylorseer", preset__name="shared")
+    outputs = app.on_page_load({"b": "{}", "a": "{}"}, FakeRequest({"s": app.share_token(controls)}))
+    assert as_values(outputs) == controls and outputs[len(app.CONTROL_KEYS)] == app.CUSTOM_PRESET
+    assert outputs[-1]["choices"] == ["a", "b"]
+    with pytest.warns(UserWarning):
+        outputs = app.on_page_load(None, FakeRequest({"s": "broken"}))
+    assert as_values(outputs) == app.DEFAULT_VALUES and outputs[len(app.CONTROL_KEYS)] == "baseline"
+    outputs = app.on_page_load(None, FakeRequest({}))
+    assert as_values(outputs) == app.DEFAULT_VALUES and outputs[len(app.CONTROL_KEYS)] == "baseline"
+
+
+# ------------------------------------------------------------------------------- upload, download, browser
+
+
+def _upload(tmp_path: Path, content: bytes) -> str:
+    path = tmp_path / "preset.json"
+    path.write_bytes(content)
+    return str(path)
+
+
+BAD_UPLOADS = {
+    "invalid json": b'{"schema_version": 1, "name": ',
+    "unknown key": json.dumps({"schema_version": 1, "name": "x", "optim": {"cache": {"method": "none"}},
+                               "speed": "max"}).encode(),
+    "bad value": json.dumps({"schema_version": 1, "name": "x", "optim": {"compile": {"mode": "turbo"}}}).encode(),
+    "oversized": b'{"schema_version": 1, "name": "x", "description": "' + b"x" * 70_000 + b'"}',
+    "not utf-8": b"\xff\xfe{}",
+    "a list": b"[]",
+    "duplicate key": b'{"schema_version": 1, "name": "x", "name": "y"}',
+}
+
+
+@pytest.mark.parametrize("name", sorted(BAD_UPLOADS))
+def test_a_bad_upload_warns_and_changes_nothing(tmp_path, name):
+    with pytest.warns(UserWarning, match="preset file was not loaded"):
+        outputs = app.import_preset(_upload(tmp_path, BAD_UPLOADS[name]), values())
+    assert outputs == NO_CHANGE + [None]
+
+
+def test_download_then_upload_round_trips(tmp_path):
+    controls = as_values(app.load_shipped("pyramid-attention-broadcast", values()))
+    controls["cache.pyramid_attention_broadcast.spatial_attention_block_skip_range"] = 3
+    file_update, code_update = app.export_preset(controls)
+    text = Path(file_update["value"]).read_text()
+    assert text == code_update["value"]
+    preset = preset_from_json(text)
+    assert preset.name == "pyramid-attention-broadcast-modified"
+    assert preset.optim.cache.spatial_attention_block_skip_range == 3
+    restored = as_values(app.import_preset(file_update["value"], values(run__seed=5)))
+    assert app.optim_from_values(restored) == preset.optim and restored["run.seed"] == 5
+
+
+def test_presets_saved_in_the_browser_save_load_delete():
+    controls = values(cache__method="first_block_cache", preset__name="Mine 1", preset__description="d")
+    saved, picker = app.save_to_browser(controls, {})
+    assert list(saved) == ["mine-1"] and picker["value"] == "mine-1"
+    assert preset_from_json(saved["mine-1"]).optim.cache.method == "first_block_cache"
+    loaded = as_values(app.load_from_browser("mine-1", saved, values(run__seed=4)))
+    assert app.optim_from_values(loaded) == app.optim_from_values(controls) and loaded["run.seed"] == 4
+    with pytest.warns(UserWarning, match="could not be loaded"):
+        assert app.load_from_browser("mine-1", {"mine-1": '{"nope": 1}'}, values()) == NO_CHANGE
+    saved, picker = app.delete_from_browser("mine-1", saved)
+    assert saved == {} and picker["choices"] == []
+
+
+def test_api_preset_argument_takes_a_name_or_json():
+    assert app.preset_from_api("first-block-cache") == app.SHIPPED["first-block-cache"]
+    text = preset_to_json(make_preset("x", OptimConfig()))
+    assert app.preset_from_api(text).name == "x"
+    with pytest.raises(app.ConfigError, match="neither"):
+        app.preset_from_api("fastest-please")
+
+
+# -------------------------------------------------------------------------------------------- running
+
+
+class Recorder:
+    def __init__(self, on_desc=None):
+        self.descriptions = []
+        self.on_desc = on_desc
+
+    def __call__(self, progress=None, desc=None, total=None, unit="steps"):
+        self.descriptions.append(desc)
+        if self.on_desc:
+            self.on_desc(desc or "")
+
+
+FAST = {f"run__{k}": v for k, v in FAST_RUN.items()}
+
+
+def test_run_returns_images_table_and_charts_then_reuses_the_baseline():
+    app.BASELINES.clear()
+    controls = as_values(app.load_shipped("first-block-cache", values(**FAST, run__seed=1)))
+    progress = Recorder()
+    outputs = app.run_comparison(controls, [], progress)
+    (headline, pair, heatmap, caption, table, latency, memory, per_step, work, details, report, files,
+     history, history_table) = outputs
+    assert "Speedup" in headline and "Peak memory" in headline and "Work skipped" in headline
+    baseline, optimized = pair
+    for image in (baseline, optimized, heatmap["value"]):
+        assert isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.shape[2] == 3
+    assert baseline.shape[:2] == (report["run"]["height"], report["run"]["width"])
+    scale = report["quality"]["heatmap_scale"]
+    assert f"white = {scale} level" in caption or (report["quality"]["max_abs_diff"] == 0 and "identical" in caption)
+    metrics = {row[0]: row[1:] for row in table}
+    for name in ("latency median (min-max)", "speedup", "mean time per step", "peak memory", "peak memory saving",
+                 "load time", "compile time (cold)", "PSNR vs baseline", "SSIM vs baseline",
+                 "max / mean abs diff (0-255)", "transformer work skipped"):
+        assert name in metrics, name
+    assert all(isinstance(figure, Figure) for figure in (latency, memory, per_step, work))
+    assert "cache: first_block_cache" in details
+    assert report["preset"]["name"] == "first-block-cache" and report["baseline"]["reused"] is False
+    assert report["run"]["steps"] == FAST_RUN["steps"] and report["speedup"] > 0
+    assert {Path(f).name for f in files} >= {"report.json", "baseline.png", "optimized.png", "diff.png"}
+    assert json.loads(Path(files[0]).read_text())["speedup"] == pytest.approx(report["speedup"])
+    assert len(history) == 1 and history_table[0][1] == "first-block-cache"
+    seen = " | ".join(d for d in progress.descriptions if d)
+    assert "Baseline · loading" in seen and "Optimized · timed run 1/1" in seen and "Metrics" in seen
+
+    # Same run settings, another preset: the baseline comes from this server's cache and the results say so.
+    controls = as_values(app.load_shipped("baseline", controls))
+    outputs = app.run_comparison(controls, history, Recorder())
+    headline, report, history, history_table = outputs[0], outputs[10], outputs[12], outputs[13]
+    assert report["baseline"]["reused"] is True and "baseline reused" in headline
+    assert report["quality"]["max_abs_diff"] == 0
+    assert [row[0] for row in history_table] == [2, 1]
+
+    # Selecting the older row of the history shows it again.
+    class Select:
+        index = [1, 0]
+
+    again = app.show_history_entry(history, Select())
+    assert again[10]["preset"]["name"] == "first-block-cache"
+
+
+def test_cancel_stops_the_run_and_the_app_keeps_working():
+    app.BASELINES.clear()
+    controls = values(**FAST, run__seed=2)
+    progress = Recorder(on_desc=lambda desc: app.cancel_run(None) if "warm-up" in desc else None)
+    outputs = app.run_comparison(controls, [], progress)
+    assert outputs == [gr.skip()] * (app.RESULT_COUNT + 2)
+    assert not app._ACTIVE
+
+
+def test_an_unavailable_option_is_refused_before_loading():
+    controls = values(**FAST, attention__backend="flash")
+    with pytest.raises(gr.Error, match="not available here"):
+        app.run_comparison(controls, [])
+    with pytest.raises(gr.Error, match="needs a CUDA GPU"):
+        app.run_comparison(values(**FAST, run__model="synthetic:flux-dev"), [])
+
+
+def test_editing_a_control_unselects_the_shipped_preset_it_no_longer_matches():
+    controls = as_values(app.load_shipped("first-block-cache", values()))
+    assert app.on_edit(controls)[1] == "first-block-cache"
+    controls["cache.first_block_cache.threshold"] = 0.3
+    summary, shipped = app.on_edit(controls)
+    assert shipped == app.CUSTOM_PRESET and "threshold=0.3" in summary
+    assert app.load_shipped(app.CUSTOM_PRESET, controls) == NO_CHANGE
+
+
+def test_handlers_are_safe_to_call_from_threads():
+    """The live settings check runs for many users at once."""
+    errors = []
+
+    def check():
+        try:
+            assert "Optimized side" in app.settings_summary(values(cache__method="taylorseer"))
+        except Exception as error:  # noqa: BLE001
+            errors.append(error)
+
+    threads = [threading.Thread(target=check) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors

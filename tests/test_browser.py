@@ -1,0 +1,196 @@
+"""The app in a real browser (Debian's Chromium driven by Playwright): a share link restores the controls, a
+comparison runs, the metrics show, and a screenshot is saved.
+
+    OPTIM_SCREENSHOT=docs/screenshot.png python -m pytest tests/test_browser.py    # also writes the README image
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import tempfile
+from pathlib import Path
+
+import pytest
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--headless",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"{CHROMIUM} is missing (apt-get install -y chromium)"),
+]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server_url():
+    import app
+
+    app.demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=free_port(), quiet=True,
+                    **app.LAUNCH_KWARGS)
+    try:
+        yield app.demo.local_url
+    finally:
+        app.demo.close()
+
+
+@pytest.fixture()
+def page(tmp_path):
+    playwright_api = pytest.importorskip("playwright.sync_api")
+    profile = tempfile.mkdtemp(prefix="chromium-profile-")
+    with playwright_api.sync_playwright() as playwright:
+        # A persistent context is how Playwright takes a user-data-dir: a fresh one, so nothing is remembered.
+        context = playwright.chromium.launch_persistent_context(
+            profile, executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True,
+            viewport={"width": 1440, "height": 1000}, device_scale_factor=1,
+        )
+        try:
+            yield context.pages[0] if context.pages else context.new_page()
+        finally:
+            context.close()
+            shutil.rmtree(profile, ignore_errors=True)
+
+
+def control(page, key: str):
+    import app
+
+    return page.locator(f"#{app._elem_id(key)}")
+
+
+def input_value(page, key: str) -> str:
+    return control(page, key).locator("input, textarea").first.input_value()
+
+
+def test_share_link_restores_the_controls_then_a_comparison_runs(server_url, page, tmp_path):
+    import app
+    from optim.config import RunSpec, parse_optim
+    from optim.presets import make_preset
+    from optim.share import encode_share
+
+    preset = make_preset("fbc-strong", parse_optim({"cache": {"method": "first_block_cache", "threshold": 0.2}}),
+                         description="First Block Cache, skipping more")
+    run = RunSpec(prompt="a yellow triangle on a blue background", seed=7, steps=20, timed_runs=2)
+    page.goto(f"{server_url}?s={encode_share(preset, run)}", wait_until="domcontentloaded")
+
+    # The link's values reach the controls (the page restores them on load).
+    page.wait_for_function(
+        "(id) => { const el = document.querySelector(`#${id} input, #${id} textarea`); "
+        "return el && el.value === 'a yellow triangle on a blue background'; }",
+        arg=app._elem_id("run.prompt"), timeout=60_000,
+    )
+    assert input_value(page, "run.seed") == "7"
+    assert input_value(page, "run.steps") == "20"
+    page.get_by_text("More run settings").click()  # closed accordions render their controls when opened
+    control(page, "run.timed_runs").wait_for(timeout=10_000)
+    assert input_value(page, "run.timed_runs") == "2"
+    page.locator("#share-accordion").get_by_text("Save, share, import").click()
+    control(page, "preset.name").locator("input, textarea").first.wait_for(timeout=10_000)
+    assert input_value(page, "preset.name") == "fbc-strong"
+    assert input_value(page, "preset.description") == "First Block Cache, skipping more"
+    page.locator("#share-accordion").get_by_text("Save, share, import").click()  # fold it again
+    page.get_by_role("tab", name="Cache").click()
+    assert input_value(page, "cache.method") == "First Block Cache"
+    assert float(input_value(page, "cache.first_block_cache.threshold")) == 0.2
+    assert "cache</b> method=first_block_cache, threshold=0.2" in page.locator("#settings-summary").inner_html()
+
+    # Cancel a comparison while it runs (its worker process is killed), then run one to the end.
+    page.locator("#run-button").click()
+    page.get_by_text("Baseline ·").first.wait_for(timeout=120_000)
+    page.locator("#cancel-button").click()
+    page.get_by_text("Cancelled").first.wait_for(timeout=30_000)
+    assert "Speedup" not in page.locator("#headline").inner_text()
+
+    page.locator("#run-button").click()
+    headline = page.locator("#headline")
+    headline.get_by_text("Speedup").wait_for(timeout=300_000)
+    text = headline.inner_text()
+    assert "×" in text and "PEAK MEMORY" in text.upper() and "fbc-strong" in text
+
+    page.get_by_role("tab", name="Metrics").click()
+    table = page.locator("#metrics-table")
+    table.get_by_text("PSNR vs baseline").wait_for(timeout=30_000)
+    assert "speedup" in table.inner_text() and "peak memory" in table.inner_text()
+    page.get_by_role("tab", name="Images").click()
+    page.locator("#image-slider img").first.wait_for(timeout=30_000)
+
+    path = tmp_path / "app.png"
+    page.screenshot(path=str(path), full_page=True)
+    assert path.stat().st_size > 10_000
+    target = os.environ.get("OPTIM_SCREENSHOT")
+    if target:
+        Path(target).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, target)
+
+
+def pick(page, elem_id: str, option: str) -> None:
+    page.locator(f"#{elem_id} input").first.click()
+    page.get_by_role("option", name=option, exact=True).click()
+
+
+def test_preset_picker_share_button_and_presets_saved_in_the_browser(server_url, page):
+    import app
+    from optim.share import decode_share
+
+    page.goto(server_url, wait_until="domcontentloaded")
+    page.wait_for_function(
+        "([id, text]) => { const el = document.querySelector(`#${id} input, #${id} textarea`); "
+        "return el && el.value === text; }",
+        arg=[app._elem_id("run.prompt"), app.DEFAULT_VALUES["run.prompt"]], timeout=60_000,
+    )
+    pick(page, "preset-picker", "taylorseer")
+    page.get_by_role("tab", name="Cache").click()
+    page.wait_for_function(
+        "(id) => document.querySelector(`#${id} input`)?.value === 'TaylorSeer'",
+        arg=app._elem_id("cache.method"), timeout=30_000,
+    )
+    control(page, "cache.taylorseer.cache_interval").wait_for(state="visible", timeout=10_000)
+    assert not control(page, "cache.first_block_cache.threshold").is_visible()
+    page.locator("#settings-summary").get_by_text("method=taylorseer").wait_for(timeout=30_000)
+
+    # A user's edit updates the live check of the settings.
+    interval = control(page, "cache.taylorseer.cache_interval").locator("input[type=number]").first
+    interval.fill("7")
+    interval.press("Enter")
+    page.locator("#settings-summary").get_by_text("cache_interval=7").wait_for(timeout=30_000)
+
+    page.locator("#share-accordion").get_by_text("Save, share, import").click()
+    name = control(page, "preset.name").locator("input, textarea").first
+    name.fill("my-taylor")
+    name.press("Tab")
+    page.locator("#share-button").click()
+    page.wait_for_function(
+        "(id) => (document.querySelector(`#${id} input, #${id} textarea`)?.value || '').includes('?s=')",
+        arg="share-link", timeout=30_000,
+    )
+    link = page.locator("#share-link").locator("input, textarea").first.input_value()
+    assert link.startswith(server_url.rstrip("/"))
+    preset, _ = decode_share(link.split("?s=", 1)[1])
+    assert preset.name == "my-taylor" and preset.optim.cache.cache_interval == 7
+
+    page.get_by_role("button", name="Save current settings").click()
+    page.get_by_text("Saved 'my-taylor' in this browser.").first.wait_for(timeout=30_000)
+    page.reload(wait_until="domcontentloaded")
+    page.locator("#share-accordion").get_by_text("Save, share, import").click()
+    pick(page, "saved-presets", "my-taylor")  # it survived the reload
+    page.get_by_role("button", name="Load", exact=True).click()
+    page.get_by_role("tab", name="Cache").click()
+    page.wait_for_function(
+        "(id) => document.querySelector(`#${id} input[type=number]`)?.value === '7'",
+        arg=app._elem_id("cache.taylorseer.cache_interval"), timeout=30_000,
+    )
