@@ -129,6 +129,7 @@ def test_share_link_restores_the_controls_then_a_comparison_runs(server_url, pag
     page.get_by_role("tab", name="Images").click()
     page.locator("#image-slider img").first.wait_for(timeout=30_000)
 
+    page.get_by_text("Cancelled: the comparison").first.wait_for(state="hidden", timeout=30_000)  # toast gone
     path = tmp_path / "app.png"
     page.screenshot(path=str(path), full_page=True)
     assert path.stat().st_size > 10_000
@@ -136,6 +137,19 @@ def test_share_link_restores_the_controls_then_a_comparison_runs(server_url, pag
     if target:
         Path(target).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(path, target)
+
+
+def type_into(page, key: str, text: str) -> None:
+    """Type like a user. A box in a just-opened accordion takes a moment to listen to input (a person is never
+    that fast), so check that the text took and type again if not."""
+    box = control(page, key).locator("input, textarea").first
+    for _ in range(10):
+        box.fill(text)
+        box.press("Tab")
+        page.wait_for_timeout(300)
+        if box.input_value() == text:
+            return
+    raise AssertionError(f"{key} did not take {text!r}")
 
 
 def pick(page, elem_id: str, option: str) -> None:
@@ -170,9 +184,7 @@ def test_preset_picker_share_button_and_presets_saved_in_the_browser(server_url,
     page.locator("#settings-summary").get_by_text("cache_interval=7").wait_for(timeout=30_000)
 
     page.locator("#share-accordion").get_by_text("Save, share, import").click()
-    name = control(page, "preset.name").locator("input, textarea").first
-    name.fill("my-taylor")
-    name.press("Tab")
+    type_into(page, "preset.name", "my-taylor")
     page.locator("#share-button").click()
     page.wait_for_function(
         "(id) => (document.querySelector(`#${id} input, #${id} textarea`)?.value || '').includes('?s=')",
