@@ -57,10 +57,11 @@ from optim import capabilities, charts  # noqa: E402
 from optim import config as C  # noqa: E402
 from optim.config import OptimConfig, RunSpec, minimal_dict, parse_optim, parse_run  # noqa: E402
 from optim.engine import BaselineCache, Comparison, compare, prepare  # noqa: E402
-from optim.errors import Cancelled, ConfigError, ModelError, OptimError, UnavailableError  # noqa: E402
+from optim.errors import Cancelled, ConfigError, OptimError  # noqa: E402
 from optim.limits import Limits, check_run  # noqa: E402
 from optim.models import (  # noqa: E402
     EMBEDDED_MODEL,
+    download_model,
     POPULAR_MODELS,
     ModelDefaults,
     model_defaults,
@@ -793,14 +794,12 @@ def settings_summary(values: dict[str, Any]) -> str:
         check_run(run, LIMITS)
         ref = resolve_model(run.model, allow_local=LIMITS.allow_local_models, local_roots=LIMITS.local_model_roots)
         if ref.kind != "hub":  # Hub models would need a download to check: that happens at run time
-            refuse_synthetic_on_cpu(ref)
-            _, resolved, notes = prepare(run, preset.optim, allow_local=LIMITS.allow_local_models,
+            _, resolved = prepare(run, preset.optim, allow_local=LIMITS.allow_local_models,
                                          local_roots=LIMITS.local_model_roots)
             lines.append(
                 f"<br>Each side: {resolved.warmup_runs} warm-up + {resolved.timed_runs} timed runs of "
                 f"{resolved.steps} steps at {resolved.width}×{resolved.height}, {resolved.dtype} on {resolved.device}."
             )
-            lines += [f"<br>Note: {_escape(n)}" for n in notes]
     except OptimError as error:
         problem = str(error)
     except Exception as error:  # noqa: BLE001 - a live check must never break the page
@@ -830,14 +829,6 @@ def on_edit(values: dict[str, Any]) -> tuple[str, str]:
     optimizations still equal it."""
     shipped = matching_shipped(values)
     return settings_summary(values), CUSTOM_PRESET if shipped is None else shipped
-
-
-def refuse_synthetic_on_cpu(ref: Any) -> None:
-    if ref.kind == "synthetic" and not CUDA:
-        raise UnavailableError(
-            f"{ref.name} has full FLUX size with random weights: it needs a CUDA GPU (on this CPU it would not fit "
-            "in memory or take minutes per step). Use 'embedded' here, or run it on a GPU machine"
-        )
 
 
 def model_note(model: str) -> str:
@@ -1111,19 +1102,12 @@ def execute(run: RunSpec, preset: Preset, *, progress: Any = None,
     """Check the request against this server's limits, then compare (on ZeroGPU inside @spaces.GPU)."""
     check_run(run, LIMITS)
     ref = resolve_model(run.model, allow_local=LIMITS.allow_local_models, local_roots=LIMITS.local_model_roots)
-    refuse_synthetic_on_cpu(ref)
     report = progress_reporter(progress) if progress is not None else None
     if ZERO_GPU:  # pragma: no cover
         if ref.kind == "hub":  # download outside the GPU allowance
             if progress is not None:
                 progress(None, desc="Downloading the model (outside the GPU time)…")
-            from diffusers import DiffusionPipeline
-
-            try:
-                DiffusionPipeline.download(ref.location, use_safetensors=True)
-            except Exception as error:  # noqa: BLE001 - the Hub raises many kinds; all mean "cannot fetch"
-                first = (str(error).strip().splitlines() or [type(error).__name__])[0][:300]
-                raise ModelError(f"model {ref.name!r} could not be downloaded: {first}") from None
+            download_model(ref)
         if progress is not None:
             progress(None, desc=f"Running on ZeroGPU (up to {estimate_gpu_seconds(run, preset)} s)…")
         comparison = _compare_on_zero_gpu(run, preset)
@@ -1270,7 +1254,7 @@ def details_markdown(report: dict[str, Any]) -> str:
         "### Applied to the optimized side, in order",
         *([f"1. {step}" for step in report["optimized"]["applied"]] or ["Nothing: both sides ran the same pipeline."]),
     ]
-    warnings = list(report["optimized"]["warnings"]) + list(report.get("notes") or [])
+    warnings = list(report["optimized"]["warnings"])
     if report["baseline"].get("reused"):
         lines += ["", "The baseline was **reused**: this server measured it earlier with the same model and run "
                   "settings (its numbers are from that run)."]

@@ -95,7 +95,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     print(f"{preset.name}: {report['run']['model']}, {report['run']['steps']} steps, "
           f"{report['run']['width']}x{report['run']['height']}, {report['environment']['device_name']}")
     print(summary_table(report))
-    for warning in report["optimized"]["warnings"] + report["notes"]:
+    for warning in report["optimized"]["warnings"]:
         print(f"warning: {warning}")
     print(f"wrote {args.out}/report.json and {len(report['files']) - 1} more files")
     return 0

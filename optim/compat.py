@@ -42,7 +42,7 @@ def describe_model(ref: ModelRef) -> dict[str, Any]:
     if ref.kind == "synthetic":
         from optim.synthetic import SYNTHETIC_MODELS
 
-        return SYNTHETIC_MODELS[ref.location].describe()
+        return SYNTHETIC_MODELS[ref.location].describe(ref.name)
     import diffusers
 
     index = read_model_index(ref)
@@ -63,11 +63,15 @@ def describe_model(ref: ModelRef) -> dict[str, Any]:
     }
 
 
-def check(optim: C.OptimConfig, run: ResolvedRun, model: dict[str, Any]) -> list[str]:
-    """Raise if the optimized side cannot run; return adjustments worth telling the user about."""
-    caps = capabilities.detect()
+def check(optim: C.OptimConfig, run: ResolvedRun, model: dict[str, Any]) -> None:
+    """Raise `UnavailableError` or `IncompatibleError` if the optimized side cannot run here."""
     cuda = run.device == "cuda"
-    notes: list[str] = []
+
+    if model.get("synthetic") and not cuda:
+        raise UnavailableError(
+            f"{model['synthetic']} has a full-size model's dimensions with random weights, for measuring GPUs: it "
+            "needs a CUDA GPU (on a CPU it would not fit in memory, or take minutes per step). Use 'embedded' here"
+        )
 
     # --- each option on its own: is it available on this machine?
     attention_reason = capabilities.reason("attention_backends", optim.attention.backend)
@@ -114,7 +118,6 @@ def check(optim: C.OptimConfig, run: ResolvedRun, model: dict[str, Any]) -> list
                 + ("guidance-distilled" if model["guidance"] == "distilled" else "its guidance branches run as separate calls")
                 + "). Leave is_guidance_distilled unset so only FasterCache's attention reuse applies"
             )
-    return notes
 
 
 def _check_quantization(quant: Any, model: dict[str, Any], cuda: bool) -> None:

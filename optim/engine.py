@@ -16,7 +16,7 @@ import statistics
 import threading
 import time
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
@@ -47,7 +47,6 @@ class Comparison:
     heatmap_scale: int
     work_fraction: float
     work_per_step: list[float]
-    notes: list[str] = field(default_factory=list)
     baseline_reused: bool = False
     elapsed_s: float = 0.0
 
@@ -102,18 +101,17 @@ class Comparison:
             "speedup": self.speedup,
             "memory_saving_mb": self.baseline.peak_memory_mb - self.optimized.peak_memory_mb,
             "quality": {**self.quality, "heatmap_scale": self.heatmap_scale},
-            "notes": self.notes,
             "elapsed_s": self.elapsed_s,
         }
 
-    def quantized_sizes(self) -> dict[str, dict[str, float]]:
+    def quantized_sizes(self) -> dict[str, dict[str, float | None]]:
         """Each quantized component's size before (baseline) and after (optimized), from the weights."""
         quant = self.preset.optim.quantization
         components = getattr(quant, "components", ())
         return {
             name: {
-                "before_mb": self.baseline.component_sizes_mb.get(name, float("nan")),
-                "after_mb": self.optimized.component_sizes_mb.get(name, float("nan")),
+                "before_mb": self.baseline.component_sizes_mb.get(name),
+                "after_mb": self.optimized.component_sizes_mb.get(name),
             }
             for name in components
         }
@@ -169,13 +167,13 @@ def environment(run: ResolvedRun, isolation: str, side: SideResult) -> dict[str,
 
 def prepare(
     run_spec: RunSpec, optim: OptimConfig, *, allow_local: bool = True, local_roots: Any = None
-) -> tuple[ModelRef, ResolvedRun, list[str]]:
+) -> tuple[ModelRef, ResolvedRun]:
     """Everything that can fail without loading a model: resolve, fill defaults, check availability and pairs."""
     ref = resolve_model(run_spec.model, allow_local=allow_local, local_roots=local_roots)
     run = resolve_run(run_spec, ref, cuda_available=capabilities.device_info()["cuda"])
     model = compat.describe_model(ref)
-    notes = compat.check(optim, run, model)
-    return ref, run, notes
+    compat.check(optim, run, model)
+    return ref, run
 
 
 def compare(
@@ -201,7 +199,7 @@ def compare(
     if isinstance(preset, OptimConfig):
         preset = make_preset("custom", preset, description="settings chosen by hand")
     started = time.perf_counter()
-    ref, run, notes = prepare(run_spec, preset.optim, allow_local=allow_local, local_roots=local_roots)
+    ref, run = prepare(run_spec, preset.optim, allow_local=allow_local, local_roots=local_roots)
 
     def side_progress(side: str) -> Progress:
         def report(phase: str, done: int, total: int) -> None:
@@ -226,6 +224,8 @@ def compare(
             baseline_cache.put(key, baseline)
     optimized = measure(SideJob("optimized", ref, run, preset.optim, memory_limit_mb))
 
+    if progress is not None:
+        progress("metrics", 0, 1)
     quality = image_quality(baseline.image, optimized.image)
     heatmap, scale = diff_heatmap(baseline.image, optimized.image)
     fraction, per_step = work_fractions(optimized.step_work, baseline.step_work)
@@ -240,7 +240,6 @@ def compare(
         heatmap_scale=scale,
         work_fraction=fraction,
         work_per_step=per_step,
-        notes=notes,
         baseline_reused=reused,
         elapsed_s=time.perf_counter() - started,
     )

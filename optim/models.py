@@ -277,6 +277,20 @@ def read_component_config(ref: ModelRef, component: str) -> dict[str, Any] | Non
         return json.load(handle)
 
 
+def download_model(ref: ModelRef) -> None:
+    """Fetch a Hub model's files into the local cache (safetensors only) without loading them; a no-op for
+    anything else. Lets a caller pay the download outside a timed or GPU-metered section."""
+    if ref.kind != "hub":
+        return
+    read_model_index(ref)
+    from diffusers import DiffusionPipeline
+
+    try:
+        DiffusionPipeline.download(ref.location, use_safetensors=True)
+    except Exception as error:  # noqa: BLE001 - the hub raises many kinds; all mean "cannot fetch"
+        raise ModelError(_hub_message(ref.location, error)) from None
+
+
 def load_pipeline(ref: ModelRef, *, dtype: str, quantization_config: Any = None, device: str = "cpu") -> Any:
     """Load the pipeline with `from_pretrained` (safetensors only, no remote code); synthetic ones are built."""
     import torch

@@ -116,7 +116,7 @@ def markdown(report: dict[str, Any]) -> str:
         "",
         *([f"1. {step}" for step in report["optimized"]["applied"]] or ["Nothing (baseline settings)."]),
     ]
-    warnings = report["optimized"]["warnings"] + report.get("notes", [])
+    warnings = report["optimized"]["warnings"]
     if warnings:
         lines += ["", "## Warnings", "", *[f"- {w}" for w in warnings]]
     lines += [

@@ -88,9 +88,10 @@ class SyntheticModel:
     defaults: ModelDefaults
     transformer: dict[str, Any] = field(default_factory=dict)
 
-    def describe(self) -> dict[str, Any]:
+    def describe(self, name: str) -> dict[str, Any]:
         """What `optim.compat` needs, as `describe_model` gives it for real models."""
         return {
+            "synthetic": name,
             "pipeline": "FluxPipeline",
             "transformer": "FluxTransformer2DModel",
             "guidance_embeds": bool(self.transformer["guidance_embeds"]),

@@ -13,7 +13,6 @@ from optim.measure import SideJob, run_side
 from optim.models import resolve_model, resolve_run
 from optim.presets import load_preset
 from optim.report import write_report
-from optim.techniques.attention import attention_state
 
 from conftest import FAST_RUN
 
