@@ -110,14 +110,18 @@ def test_tokenizers_keep_vocabulary_words_whole():
 
 # -------------------------------------------------------------------------------- training
 def test_quick_training_is_reproducible(tmp_path):
-    from safetensors.torch import load_file
+    import subprocess
+    import sys
 
-    from embedded import train
+    from safetensors.torch import load_file
 
     runs = []
     for name, extra in [("one", []), ("two", ["--no-report"])]:
         out = tmp_path / name
-        train.main(["--out", str(out), "--quick", *extra])
+        # A process of its own: training sets process-wide torch flags (deterministic algorithms, flushing
+        # denormals) that must not leak into the other tests.
+        subprocess.run([sys.executable, "-m", "embedded.train", "--out", str(out), "--quick", *extra],
+                       cwd=Path(__file__).resolve().parent.parent, check=True, capture_output=True)
         runs.append(out)
     assert (runs[0] / "lab_defaults.json").exists() and (runs[0] / "loss.csv").exists()
     for part in ("transformer", "vae"):
