@@ -39,6 +39,9 @@ def apply_before_probe(
 def apply_after_probe(pipe: Any, optim: C.OptimConfig, applied: Applied) -> None:
     """Compile and what goes with it."""
     bitsandbytes = optim.quantization.backend.startswith("bitsandbytes")
-    apply_dynamo_settings(optim.compile, applied, bitsandbytes=bitsandbytes, offloaded=optim.offload.mode != "none")
+    # Offload hooks (the seed's advice) and cache hooks (measured: FBC + compile hit dynamo's limit of 8
+    # recompiles and fell back to eager) make dynamo recompile often.
+    recompiles = optim.offload.mode != "none" or optim.cache.method != "none"
+    apply_dynamo_settings(optim.compile, applied, bitsandbytes=bitsandbytes, many_recompiles=recompiles)
     apply_channels_last(pipe, optim.compile, applied)
     apply_compile(pipe, optim.compile, applied, fullgraph=resolve_fullgraph(optim))

@@ -106,14 +106,16 @@ def run_side(job: SideJob, progress: Progress | None = None, should_stop: Callab
 
     applied = Applied()
     pipe = None
-    memory = MemoryProbe(run.device).start()
+    quant_config = None
     try:
         report("loading", 0, 1)
         started = time.perf_counter()
-        quant_config = None
         if not isinstance(optim.quantization, C.NoQuantization):
+            # Built (and its library imported) before the memory baseline: importing torchao or quanto is not
+            # memory the model uses.
             libraries = quantizable_components(read_model_index(job.model))
             quant_config = build_quantization_config(optim.quantization, libraries)
+        memory = MemoryProbe(run.device).start()
         pipe = load_pipeline(job.model, dtype=run.dtype, quantization_config=quant_config, device=run.device)
         if optim.offload.mode == "none" and job.model.kind != "synthetic":
             pipe.to(run.device)

@@ -3,7 +3,8 @@
 * CUDA: `torch.cuda.reset_peak_memory_stats()` then `max_memory_allocated()` / `max_memory_reserved()`.
 * Host (CPU) memory: the kernel's high-water mark of this process. Writing "5" to /proc/self/clear_refs resets
   VmHWM to the current RSS; VmHWM after the run minus the RSS before loading is the side's peak. tracemalloc
-  cannot see torch's allocations and glibc keeps freed memory, which is why each side runs in a fresh process.
+  cannot see torch's allocations and glibc keeps freed memory: each side runs in a fresh process, and the heap
+  is trimmed (`malloc_trim`) before the measured runs so memory freed while loading does not count.
 """
 
 from __future__ import annotations
@@ -44,6 +45,19 @@ def virtual_mb() -> float:
     return psutil.Process().memory_info().vms / MB
 
 
+def trim_heap() -> None:
+    """Give memory that was freed (by loading, quantizing, compiling) back to the kernel, so that a peak measured
+    afterwards counts what the runs use, not what glibc kept from before. No-op where glibc is absent."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 def reset_host_peak() -> bool:
     """Reset the kernel's high-water mark to the current RSS. False where the kernel does not allow it."""
     try:
@@ -76,6 +90,7 @@ class MemoryProbe:
         return self
 
     def reset_peaks(self) -> None:
+        trim_heap()
         reset_host_peak()
         if self.device == "cuda":
             import torch

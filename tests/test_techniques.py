@@ -246,7 +246,7 @@ def test_recommended_dynamo_settings_are_set_and_restored():
     config = parse_optim({"compile": {"mode": "full"}}).compile
     before = (torch._dynamo.config.capture_dynamic_output_shape_ops, torch._dynamo.config.cache_size_limit)
     applied = Applied()
-    apply_dynamo_settings(config, applied, bitsandbytes=True, offloaded=True)
+    apply_dynamo_settings(config, applied, bitsandbytes=True, many_recompiles=True)
     assert torch._dynamo.config.capture_dynamic_output_shape_ops is True
     assert torch._dynamo.config.cache_size_limit == 1000
     applied.undo_all()

@@ -33,8 +33,11 @@ def fresh_inductor_cache(applied: Applied) -> str:
     return path
 
 
-def apply_dynamo_settings(compile_config: CompileConfig, applied: Applied, *, bitsandbytes: bool, offloaded: bool) -> None:
-    """The seed's advice: bitsandbytes outputs have dynamic shapes; offloading triggers many recompiles."""
+def apply_dynamo_settings(
+    compile_config: CompileConfig, applied: Applied, *, bitsandbytes: bool, many_recompiles: bool
+) -> None:
+    """The seed's advice: bitsandbytes outputs have dynamic shapes; hooks (offloading, caches) trigger many
+    recompiles, so allow many before dynamo gives up and runs eagerly."""
     import torch._dynamo
 
     if compile_config.mode == "off" or not compile_config.recommended_dynamo_settings:
@@ -42,7 +45,7 @@ def apply_dynamo_settings(compile_config: CompileConfig, applied: Applied, *, bi
     settings = {}
     if bitsandbytes:
         settings["capture_dynamic_output_shape_ops"] = True
-    if offloaded:
+    if many_recompiles:
         settings["cache_size_limit"] = 1000
     for name, value in settings.items():
         previous = getattr(torch._dynamo.config, name)
