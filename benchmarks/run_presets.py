@@ -1,6 +1,7 @@
-"""Measure several presets against one baseline and write a dated benchmark record.
+"""Measure several presets, each against a fresh baseline, and write a dated benchmark record.
 
-The baseline is measured once (the engine's BaselineCache) and every preset is compared with it under the same
+Each preset is compared with a baseline measured right before it (side by side in time: on a shared machine
+speed drifts over minutes, so a baseline measured once at the start would skew later ratios), under the same
 protocol, each side in its own process. The record holds the machine, the versions, the exact command and every
 figure, as Markdown (for people) and JSON (for tools), under benchmarks/records/.
 
@@ -37,6 +38,11 @@ def main() -> int:
     parser.add_argument("--height", type=int)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument(
+        "--repeats", type=int, default=1,
+        help="compare each preset this many times (fresh processes each) and report the median speedup: on a "
+             "shared machine one process can run several percent slower than the next",
+    )
     parser.add_argument("--record", type=Path, default=ROOT / "benchmarks" / "records", help="directory for the record")
     parser.add_argument("--no-record", action="store_true")
     args = parser.parse_args()
@@ -46,7 +52,7 @@ def main() -> int:
     quiet_libraries()
     from optim.capabilities import device_info
     from optim.config import parse_run
-    from optim.engine import BaselineCache, compare
+    from optim.engine import compare
     from optim.errors import OptimError
     from optim.presets import load_preset
 
@@ -55,21 +61,23 @@ def main() -> int:
         if getattr(args, name) is not None:
             settings[name] = getattr(args, name)
     run = parse_run(settings)
-    cache = BaselineCache()
     rows, reports = [], []
     for name in args.presets.split(","):
         preset = load_preset(name.strip())
         print(f"{preset.name} ...", file=sys.stderr, flush=True)
         try:
-            report = compare(run, preset, baseline_cache=cache).to_report()
+            repeats = [compare(run, preset).to_report() for _ in range(args.repeats)]
         except OptimError as error:
             rows.append({"preset": preset.name, "error": str(error)})
             print(f"  failed: {error}", file=sys.stderr)
             continue
+        speedups = sorted(r["speedup"] for r in repeats)
+        report = next(r for r in repeats if r["speedup"] == speedups[len(speedups) // 2])  # the median one
         reports.append(report)
         b, o, q = report["baseline"], report["optimized"], report["quality"]
         rows.append({
             "preset": preset.name,
+            "speedups": speedups,
             "baseline_latency_s": b["latency_s"]["median"],
             "latency_s": o["latency_s"]["median"],
             "latency_min_s": o["latency_s"]["min"],
@@ -110,8 +118,10 @@ def main() -> int:
         "",
         f"Run settings: {json.dumps(resolved)}",
         "",
-        "Each side in its own process; latency is the median of the timed runs after warm-up; compile time is a",
-        "cold compile; peak memory is CUDA max allocated on a GPU and the process RSS growth on a CPU.",
+        "Each side in its own process; latency is the median of the timed runs after warm-up; each preset was",
+        f"compared {args.repeats} time(s) with a fresh baseline, and the row shows the comparison with the median",
+        "speedup; compile time is a cold compile; peak memory is CUDA max allocated on a GPU and the process RSS",
+        "growth on a CPU.",
         "",
         table,
         "",
@@ -123,18 +133,18 @@ def main() -> int:
 
 def markdown_table(rows: list[dict]) -> str:
     lines = [
-        "| preset | latency (s) | speedup | peak memory (MB) | base memory (MB) | work computed | PSNR (dB) | SSIM | compile (s) |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| preset | latency (s) | speedup | speedups of all repeats | peak memory (MB) | base memory (MB) | work computed | PSNR (dB) | SSIM | compile (s) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         if "error" in row:
-            lines.append(f"| {row['preset']} | failed: {row['error'][:120]} | | | | | | | |")
+            lines.append(f"| {row['preset']} | failed: {row['error'][:120]} | | | | | | | | |")
             continue
         psnr = "identical" if row["psnr_db"] is None else f"{row['psnr_db']:.1f}"
         compile_s = "-" if row["compile_s"] is None else f"{row['compile_s']:.1f}"
         lines.append(
             f"| {row['preset']} | {row['latency_s']:.3f} ({row['latency_min_s']:.3f}-{row['latency_max_s']:.3f}) "
-            f"| {row['speedup']:.2f}x | {row['peak_memory_mb']:.0f} | {row['baseline_peak_memory_mb']:.0f} "
+            f"| {row['speedup']:.2f}x | {', '.join(f'{x:.2f}' for x in row['speedups'])} | {row['peak_memory_mb']:.0f} | {row['baseline_peak_memory_mb']:.0f} "
             f"| {row['work_fraction']:.0%} | {psnr} | {row['ssim']:.4f} | {compile_s} |"
         )
     return "\n".join(lines)

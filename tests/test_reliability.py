@@ -3,6 +3,7 @@ trace, and the next comparison works."""
 
 from __future__ import annotations
 
+import glob
 import os
 import shutil
 import threading
@@ -130,6 +131,24 @@ def test_cancelling_stops_the_worker_and_the_next_comparison_works():
     assert time.perf_counter() - started < 60
     assert not _workers()
     _assert_next_comparison_works()
+
+
+def test_cancelling_a_compiling_side_deletes_its_fresh_inductor_cache():
+    """The killed process never runs its undo; the parent deletes the cache directory named after it."""
+    stop = threading.Event()
+    seen = []
+
+    def progress(phase, done, total):
+        if phase == "optimized: compiling":
+            seen.extend(glob.glob("/tmp/optim-inductor-*"))
+            stop.set()
+
+    before = set(glob.glob("/tmp/optim-inductor-*"))
+    with pytest.raises(Cancelled):
+        compare(_run(width=64, height=64), load_preset("compile-regional"), progress=progress, should_stop=stop.is_set)
+    assert set(seen) - before, "the compiling side made a fresh cache directory"
+    assert set(glob.glob("/tmp/optim-inductor-*")) <= before
+    assert not _workers()
 
 
 def test_cancelling_a_hung_side(faults_on):
