@@ -11,7 +11,7 @@ import itertools
 import pytest
 
 from optim.config import parse_optim, parse_run
-from optim.engine import compare, prepare
+from optim.engine import BaselineCache, compare, prepare
 from optim.errors import IncompatibleError, UnavailableError
 
 # name -> (family, settings)
@@ -39,6 +39,8 @@ PAIRS = [
     if TECHNIQUES[a][0] != TECHNIQUES[b][0]
 ]
 RUN = {"steps": 4, "width": 64, "height": 64, "warmup_runs": 1, "timed_runs": 1}
+# Every pair shares the run settings, so the (deterministic) baseline is measured once for the module.
+BASELINES = BaselineCache()
 
 
 @pytest.fixture(autouse=True)
@@ -60,7 +62,7 @@ def test_pair_works_or_is_rejected_up_front(first, second):
         with pytest.raises(type(error)):
             compare(run, optim, isolation="inline")
         return
-    comparison = compare(run, optim, isolation="inline")
+    comparison = compare(run, optim, isolation="inline", baseline_cache=BASELINES)
     report = comparison.to_report()
     assert report["optimized"]["applied"], "something must have been applied"
     assert report["quality"]["ssim"] > 0.5
