@@ -486,7 +486,7 @@ def report(out: Path, args, argv, losslog: LossLog, info: dict) -> None:
     rng = np.random.default_rng([args.seed, 5])
     pool = dataset.all_captions()
     # Half plain phrasings, half with size/position words, as in training.
-    plain = [c for c in pool if " at the " not in c and not c.split()[1] in ("small", "large")]
+    plain = [c for c in pool if " at the " not in c and c.split()[1] not in ("small", "large")]
     fancy = [c for c in pool if c not in set(plain)]
     k = args.eval_prompts
     prompts = [plain[i] for i in rng.choice(len(plain), size=(k + 1) // 2, replace=False)]

@@ -158,7 +158,7 @@ def run_side(job: SideJob, progress: Progress | None = None, should_stop: Callab
         timed: list[CallResult] = []
         for index in range(run.timed_runs):
             label = f"timed run {index + 1}/{run.timed_runs}"
-            timed.append(generate(pipe, kwargs, seed=run.seed, device=run.device, on_step=lambda s, l=label: on_step(s, l)))
+            timed.append(generate(pipe, kwargs, seed=run.seed, device=run.device, on_step=lambda s, text=label: on_step(s, text)))
         peaks = memory.read()
         latencies = [r.latency_s for r in timed]
         if compiled:
