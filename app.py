@@ -40,6 +40,8 @@ import math
 import os
 import re
 import shutil
+import signal
+import sys
 import tempfile
 import threading
 import time
@@ -1836,6 +1838,9 @@ LAUNCH_KWARGS: dict[str, Any] = dict(
 
 
 def main() -> None:
+    # A stop request (SIGTERM: a Space restarting, `docker stop`, a test fixture) exits like Ctrl-C does, so the
+    # atexit cleanups run: this server's report folder, the worker zygote.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
     # server_port=None: Gradio reads GRADIO_SERVER_PORT, else 7860.
     demo.launch(server_name=os.environ.get("GRADIO_SERVER_NAME", "0.0.0.0"), **LAUNCH_KWARGS)
 

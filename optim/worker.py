@@ -23,10 +23,9 @@ import threading
 from multiprocessing.connection import Connection
 from typing import Any, Callable
 
-from optim import errors
+from optim import errors, scratch
 from optim.errors import Cancelled, OptimError, WorkerCrashed
 from optim.measure import Progress, SideJob, SideResult
-from optim.techniques.compile import remove_inductor_caches_of
 
 # Imported once in the zygote; children inherit them already loaded.
 PRELOAD = ["optim.worker_preload"]
@@ -175,7 +174,7 @@ def run_in_subprocess(
         connection.close()
         if pid is not None and status != 0:
             # A killed or crashed child never ran its undo; what it wrote to disk is ours to delete.
-            remove_inductor_caches_of(pid)
+            scratch.remove_folders_of(pid)
     if cancelled:
         raise Cancelled("cancelled by the user; the run's process was stopped and its memory freed")
     if outcome is not None and outcome[0] == "result":

@@ -62,3 +62,13 @@ def test_a_bad_request_gets_the_engines_message(client):
                        '"threshold": 7}}}', "embedded", "", 0, 4, 128, 128, None, 1, api_name="/compare")
     with pytest.raises(AppError, match="more than this server allows"):
         client.predict("baseline", "embedded", "", 0, 450, 128, 128, None, 1, api_name="/compare")
+
+
+def test_a_stopped_server_deletes_its_files(tmp_path):
+    """SIGTERM (a Space restarting, `docker stop`) exits cleanly: the report folder goes with the server."""
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    with app_server(tmp_path, TMPDIR=str(scratch)) as (_url, process):
+        assert list(scratch.glob("optim-lab-*")), "the server keeps its report files under TMPDIR"
+    assert process.returncode == 0
+    assert not list(scratch.glob("optim-lab-*"))

@@ -12,6 +12,7 @@ import os
 import numpy as np
 import pytest
 
+from optim import scratch
 from optim.config import OptimConfig, parse_optim, parse_run
 from optim.engine import BaselineCache, compare
 from optim.measure import SideJob, run_side
@@ -194,12 +195,12 @@ def test_group_offload_to_disk_really_writes_the_weights_to_disk():
 
     def progress(phase, done, total):
         if phase.startswith("optimized: timed"):
-            seen.extend(glob.glob("/tmp/optim-offload-*/*"))
+            seen.extend(path for folder in scratch.folders_of(os.getpid(), "offload") for path in glob.glob(os.path.join(folder, "*")))
 
     report = compare(parse_run(RUN), parse_optim({"offload": {"mode": "group", "offload_to_disk": True}}), isolation="inline", progress=progress).to_report()
     assert any(path.endswith(".safetensors") for path in seen), seen[:5]
     assert report["quality"]["max_abs_diff"] <= 1
-    assert not glob.glob("/tmp/optim-offload-*"), "the offload folder must be removed afterwards"
+    assert not scratch.folders_of(os.getpid(), "offload"), "the offload folder must be removed afterwards"
 
 
 # ------------------------------------------------------------------------------------------------------- VAE
@@ -228,8 +229,8 @@ def test_compile_compiles_cold_and_keeps_the_image(settings):
     assert report["optimized"]["compile_cold"] is True
     assert report["quality"]["max_abs_diff"] <= 3
     # inductor sets the variable to its default cache itself once it runs; it must not point at our temp cache
-    assert not os.environ.get("TORCHINDUCTOR_CACHE_DIR", "").startswith("/tmp/optim-inductor-")
-    assert not glob.glob(f"/tmp/optim-inductor-{os.getpid()}-*"), "the fresh inductor cache must be removed"
+    assert "optim-inductor-" not in os.environ.get("TORCHINDUCTOR_CACHE_DIR", "")
+    assert not scratch.folders_of(os.getpid(), "inductor"), "the fresh inductor cache must be removed"
 
 
 def test_channels_last_reaches_the_vae_and_says_the_transformer_has_no_convolutions():

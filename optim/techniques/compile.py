@@ -7,26 +7,21 @@ with an empty inductor cache, so each side that compiles gets a fresh `TORCHINDU
 
 from __future__ import annotations
 
-import glob
 import os
 import shutil
-import tempfile
 from typing import Any
 
+from optim import scratch
 from optim.config import CompileConfig
 from optim.techniques import Applied
-
-
-INDUCTOR_CACHE_PREFIX = "optim-inductor-"
 
 
 def fresh_inductor_cache(applied: Applied) -> str:
     """Point inductor at an empty cache directory (restored and deleted on undo).
 
-    The directory's name carries this process's id, so that when a side's process is killed before its undo
-    runs (cancelled, crashed), the parent can still delete it: `remove_inductor_caches_of(pid)`."""
+    A scratch folder named after this process: the parent deletes it if this process dies before its undo."""
     previous = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
-    path = tempfile.mkdtemp(prefix=f"{INDUCTOR_CACHE_PREFIX}{os.getpid()}-")
+    path = scratch.make_folder("inductor")
     os.environ["TORCHINDUCTOR_CACHE_DIR"] = path
 
     def restore() -> None:
@@ -38,12 +33,6 @@ def fresh_inductor_cache(applied: Applied) -> str:
 
     applied._undo.append(restore)
     return path
-
-
-def remove_inductor_caches_of(pid: int) -> None:
-    """Delete the fresh inductor caches a (dead) process left behind."""
-    for path in glob.glob(os.path.join(tempfile.gettempdir(), f"{INDUCTOR_CACHE_PREFIX}{pid}-*")):
-        shutil.rmtree(path, ignore_errors=True)
 
 
 def apply_dynamo_settings(

@@ -12,9 +12,9 @@ disk, which really takes weights out of host memory between uses.
 from __future__ import annotations
 
 import shutil
-import tempfile
 from typing import Any
 
+from optim import scratch
 from optim.config import OffloadConfig
 from optim.techniques import Applied
 
@@ -33,7 +33,7 @@ def apply_offload(pipe: Any, offload: OffloadConfig, applied: Applied, *, device
         applied.add("offload: sequential CPU offload", pipe.remove_all_hooks)
         return
 
-    disk_dir = tempfile.mkdtemp(prefix="optim-offload-") if offload.offload_to_disk else None
+    disk_dir = scratch.make_folder("offload") if offload.offload_to_disk else None
     kwargs: dict[str, Any] = {
         "onload_device": torch.device(device),
         "offload_device": torch.device("cpu"),
