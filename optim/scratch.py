@@ -20,7 +20,8 @@ def make_folder(kind: str) -> str:
     return tempfile.mkdtemp(prefix=f"{PREFIX}{kind}-{os.getpid()}-")
 
 
-def folders_of(pid: int, kind: str = "*") -> list[str]:
+def folders_of(pid: int | str, kind: str = "*") -> list[str]:
+    """This process id's scratch folders of one kind ("*": any pid or kind)."""
     return glob.glob(os.path.join(tempfile.gettempdir(), f"{PREFIX}{kind}-{pid}-*"))
 
 
