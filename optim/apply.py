@@ -32,16 +32,17 @@ def apply_before_probe(
     apply_attention(pipe, optim.attention, applied)
     batched_cfg = guidance_style(pipe) == "cfg"
     apply_cache(pipe, optim.cache, applied, steps=run.steps, batched_cfg=batched_cfg, mag_ratios=mag_ratios)
-    apply_offload(pipe, optim.offload, applied, device=run.device)
+    apply_offload(pipe, optim.offload, applied, device=run.device, quantization=optim.quantization.backend)
     apply_vae(pipe, optim.vae, applied, width=run.width, height=run.height)
 
 
 def apply_after_probe(pipe: Any, optim: C.OptimConfig, applied: Applied) -> None:
     """Compile and what goes with it."""
+    repeated_calls = guidance_style(pipe) in ("true_cfg", "separate")
     bitsandbytes = optim.quantization.backend.startswith("bitsandbytes")
     # Offload hooks (the seed's advice) and cache hooks (measured: FBC + compile hit dynamo's limit of 8
     # recompiles and fell back to eager) make dynamo recompile often.
     recompiles = optim.offload.mode != "none" or optim.cache.method != "none"
     apply_dynamo_settings(optim.compile, applied, bitsandbytes=bitsandbytes, many_recompiles=recompiles)
     apply_channels_last(pipe, optim.compile, applied)
-    apply_compile(pipe, optim.compile, applied, fullgraph=resolve_fullgraph(optim))
+    apply_compile(pipe, optim.compile, applied, fullgraph=resolve_fullgraph(optim), repeated_calls=repeated_calls)

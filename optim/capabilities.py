@@ -2,12 +2,13 @@
 feature checks (which packages, which GPU, ZeroGPU or not).
 
     >>> caps = detect()
-    >>> sorted(caps)
-    ['attention_backends', 'cache_methods', 'compile', 'device', 'offload', 'quantization']
+    >>> caps.reason("offload.mode", "model_cpu")          # doctest: +SKIP  (on a CPU-only machine)
+    'diffusers onloads weights to an accelerator: it needs a CUDA GPU'
 
-Package checks for attention backends are diffusers' own (`optim.techniques.attention.backend_requirement`), so we
-never claim a backend diffusers would refuse; device needs (CUDA, Hopper, NPU/XLA, the Hub) come from the
-diffusers attention-backends page and from running each backend on CPU (see FACTS in the project notes).
+Options are listed per setting, by its path in the config (`attention.backend`, `cache.method`,
+`quantization.torchao.quant_type`, `offload.use_stream` ...), so the UI can mark any choice generically. Which
+values need a CUDA GPU is a fact of the setting (`optim.config.facts`); what is installed, which GPU this is and
+the attention backends' own requirements (diffusers' checks, `optim.techniques.attention`) are checked here.
 """
 
 from __future__ import annotations
@@ -17,10 +18,11 @@ import importlib.util
 import os
 import platform
 import shutil
+from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from typing import Any
 
-from optim.config import ATTENTION_BACKENDS, CACHE_METHODS
+from optim import config as C
 
 # The seed's table: backend -> family. Names diffusers registers beyond it get a family by prefix.
 SEED_BACKENDS: dict[str, str] = {
@@ -46,10 +48,64 @@ SEED_BACKENDS: dict[str, str] = {
     "xformers": "xFormers",
 }
 
-# Backends that run on a CPU (measured: the others fail when set or at run time without CUDA).
-CPU_ATTENTION = ("native", "_native_math", "_native_flash", "flex")
-
 GPU_EXTRAS_HINT = "pip install -r requirements-gpu.txt on a CUDA machine"
+
+
+@dataclass(frozen=True)
+class DeviceInfo:
+    """The machine: its accelerator (if any), CPU, memory and library versions."""
+
+    cuda: bool
+    device: str  # "cuda" or "cpu"
+    name: str | None
+    memory_gb: float | None
+    compute_capability: str | None
+    cpu: str
+    cpu_count: int | None
+    ram_gb: float | None
+    python: str
+    torch: str
+    diffusers: str | None
+    transformers: str | None
+    cuda_version: str | None
+    zero_gpu: bool
+    compiler: str | None
+
+    @property
+    def sm(self) -> float:
+        return float(self.compute_capability or 0.0)
+
+
+@dataclass(frozen=True)
+class Option:
+    """One value of one setting: can it run here, and if not, why not (or a caveat when it can)."""
+
+    value: Any
+    available: bool
+    reason: str | None = None
+    note: str | None = None
+    label: str | None = None
+    family: str | None = None  # attention backends only
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """Every choice of every setting, as this machine can run it."""
+
+    device: DeviceInfo
+    options: dict[str, tuple[Option, ...]] = field(default_factory=dict)
+
+    def option(self, path: str, value: Any) -> Option | None:
+        return next((o for o in self.options.get(path, ()) if o.value == value), None)
+
+    def reason(self, path: str, value: Any) -> str | None:
+        """Why `value` of setting `path` cannot run here (None: it can, or it is not a listed choice)."""
+        option = self.option(path, value)
+        return option.reason if option is not None else None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"device": asdict(self.device),
+                "options": {path: [asdict(o) for o in options] for path, options in self.options.items()}}
 
 
 def family(backend: str) -> str:
@@ -63,14 +119,15 @@ def family(backend: str) -> str:
     return "other"
 
 
-def _version(package: str) -> str | None:
+def version(package: str) -> str | None:
     try:
         return importlib.metadata.version(package)
     except importlib.metadata.PackageNotFoundError:
         return None
 
 
-def _installed(module: str) -> bool:
+def installed(module: str) -> bool:
+    """Whether a module can be imported here (without importing it)."""
     try:
         return importlib.util.find_spec(module) is not None
     except (ImportError, ValueError):
@@ -82,38 +139,54 @@ def on_zero_gpu() -> bool:
     return os.environ.get("SPACES_ZERO_GPU", "").lower() in ("1", "true")
 
 
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def device_name(device: str) -> str:
+    """What a side ran on: the GPU's name, or the CPU's."""
+    if device == "cuda":
+        import torch
+
+        return torch.cuda.get_device_name()
+    return cpu_name()
+
+
 @lru_cache(maxsize=1)
-def device_info() -> dict[str, Any]:
+def device_info() -> DeviceInfo:
     import torch
 
     cuda = torch.cuda.is_available()
-    info: dict[str, Any] = {
-        "cuda": cuda,
-        "device": "cuda" if cuda else "cpu",
-        "name": None,
-        "memory_gb": None,
-        "compute_capability": None,
-        "cpu": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "ram_gb": _ram_gb(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "diffusers": _version("diffusers"),
-        "transformers": _version("transformers"),
-        "cuda_version": torch.version.cuda,
-        "zero_gpu": on_zero_gpu(),
-        "compiler": shutil.which("gcc") or shutil.which("cc") or shutil.which("clang"),
-    }
+    name, memory, capability = cpu_name(), None, None
     if cuda:
         properties = torch.cuda.get_device_properties(0)
-        info["name"] = properties.name
-        info["memory_gb"] = round(properties.total_memory / 1024**3, 1)
-        info["compute_capability"] = f"{properties.major}.{properties.minor}"
-    else:
-        from optim.measure import device_name
-
-        info["name"] = device_name("cpu")
-    return info
+        name = properties.name
+        memory = round(properties.total_memory / 1024**3, 1)
+        capability = f"{properties.major}.{properties.minor}"
+    return DeviceInfo(
+        cuda=cuda,
+        device="cuda" if cuda else "cpu",
+        name=name,
+        memory_gb=memory,
+        compute_capability=capability,
+        cpu=platform.processor() or platform.machine(),
+        cpu_count=os.cpu_count(),
+        ram_gb=_ram_gb(),
+        python=platform.python_version(),
+        torch=torch.__version__,
+        diffusers=version("diffusers"),
+        transformers=version("transformers"),
+        cuda_version=torch.version.cuda,
+        zero_gpu=on_zero_gpu(),
+        compiler=shutil.which("gcc") or shutil.which("cc") or shutil.which("clang"),
+    )
 
 
 def _ram_gb() -> float | None:
@@ -125,23 +198,36 @@ def _ram_gb() -> float | None:
         return None
 
 
-def _capability(info: dict[str, Any]) -> float:
-    return float(info["compute_capability"] or 0.0)
+def _choices(cls: type, name: str) -> list[Any]:
+    from typing import Literal, get_args, get_origin
+
+    annotation = cls.model_fields[name].annotation
+    if get_origin(annotation) is Literal:
+        return list(get_args(annotation))
+    if annotation is bool or annotation == (bool | None):
+        return [True]
+    return []
 
 
-def _option(name: str, reason: str | None, **extra: Any) -> dict[str, Any]:
-    return {"name": name, "available": reason is None, "reason": reason, **extra}
+def _generic(path: str, cls: type, name: str, info: DeviceInfo) -> tuple[Option, ...]:
+    """Each choice of a setting, unavailable where its facts say it needs CUDA and there is none."""
+    facts = C.facts(cls, name)
+    return tuple(
+        Option(value, available=not (facts.cuda_reason(value) and not info.cuda),
+               reason=None if info.cuda else facts.cuda_reason(value), label=facts.labels.get(C.json_key(value)))
+        for value in _choices(cls, name)
+    )
 
 
 # ------------------------------------------------------------------------------------------------ attention
 
 
-def attention_reason(backend: str, info: dict[str, Any]) -> str | None:
+def attention_reason(backend: str, info: DeviceInfo) -> str | None:
     """None if this backend can run here, else why not."""
-    from optim.techniques.attention import backend_requirement
+    from optim.techniques.attention import backend_needs, backend_requirement
 
-    cuda = info["cuda"]
-    sm = _capability(info)
+    cuda = info.cuda
+    sm = info.sm
     if backend in ("native", "_native_math"):
         return None
     if backend == "flex":
@@ -165,10 +251,13 @@ def attention_reason(backend: str, info: dict[str, Any]) -> str | None:
             return f"{needs} and the kernels package, which is not installed"
         if not cuda:
             return "needs CUDA"
-        if "_3" in backend and sm < 9.0:
-            return "FlashAttention-3 needs a Hopper GPU (sm90); use 'flash'"
+        if backend == "sage_blackwell_hub" and not (10.0 <= sm < 11.0 or 12.0 <= sm < 13.0):
+            return "SageAttention 3 is built for Blackwell GPUs only (sm100, sm120); use 'sage' elsewhere"
+        if backend == "flash_4_hub" and not 8.0 <= sm < 13.0:
+            return "FlashAttention-4 needs an Ampere to Blackwell GPU (sm80-sm12x)"
         return None
     missing = backend_requirement(backend)
+    needs = backend_needs(backend)
     package = {"flash": "flash-attn", "sage": "sageattention", "xformers": "xformers"}
     if backend.startswith(("_flash_3", "_flash_varlen_3")):
         if cuda and sm < 9.0:
@@ -182,146 +271,128 @@ def attention_reason(backend: str, info: dict[str, Any]) -> str | None:
         return missing
     if not cuda:
         return "needs CUDA"
-    if backend.endswith("_sm90") and sm < 9.0:
-        return "needs a Hopper GPU (sm90)"
-    if "fp8" in backend and sm < 8.9:
-        return "FP8 needs an Ada or Hopper GPU (sm89+)"
+    if needs.min_compute_capability is not None:
+        major, minor = needs.min_compute_capability
+        if sm < major + minor / 10:
+            return f"needs a GPU of compute capability {major}.{minor} or newer (diffusers' check); this one is {sm}"
+    if backend in ("flash", "flash_varlen") and sm < 8.0:
+        return "FlashAttention-2 needs an Ampere or newer GPU (sm80+)"
     return None
 
 
-def attention_backends(info: dict[str, Any]) -> list[dict[str, Any]]:
+def attention_backends(info: DeviceInfo) -> tuple[Option, ...]:
     from optim.techniques.attention import registered_backends
 
-    names = list(dict.fromkeys([*SEED_BACKENDS, *ATTENTION_BACKENDS, *registered_backends()]))
-    return [
-        _option(name, attention_reason(name, info), family=family(name), in_seed_table=name in SEED_BACKENDS)
-        for name in names
-    ]
+    names = list(dict.fromkeys([*SEED_BACKENDS, *C.ATTENTION_BACKENDS, *registered_backends()]))
+    return tuple(Option(name, attention_reason(name, info) is None, attention_reason(name, info), family=family(name))
+                 for name in names)
 
 
 # --------------------------------------------------------------------------------------------------- caches
 
-CACHE_DESCRIPTIONS = {
-    "none": "no cache",
-    "first_block_cache": "First Block Cache: skip the other blocks while the first block's residual barely changes",
-    "pyramid_attention_broadcast": "Pyramid Attention Broadcast: reuse attention outputs every N steps",
-    "faster_cache": "FasterCache: reuse attention and approximate the unconditional branch",
-    "mag_cache": "MagCache: skip steps while the residual magnitude ratio stays near 1",
-    "taylorseer": "TaylorSeer: predict skipped block outputs with a Taylor expansion",
+NOT_OFFERED_CACHES = {
+    "sea_cache": "not offered: diffusers' SeaCache targets other architectures and skipped nothing on FLUX",
+    "text_kv_cache": "not offered: diffusers' TextKVCache targets models with separate text key/value projections",
 }
 
 
-def cache_methods(info: dict[str, Any]) -> list[dict[str, Any]]:
-    out = [_option(name, None, description=CACHE_DESCRIPTIONS[name]) for name in CACHE_METHODS]
-    out.append(
-        _option(
-            "sea_cache",
-            "not offered: diffusers' SeaCache targets other architectures and skipped nothing on FLUX",
-            description="SeaCache",
-        )
-    )
-    out.append(
-        _option(
-            "text_kv_cache",
-            "not offered: diffusers' TextKVCache targets models with separate text key/value projections, not FLUX",
-            description="TextKVCache",
-        )
-    )
-    return out
+def cache_methods(info: DeviceInfo) -> tuple[Option, ...]:
+    offered = tuple(Option(method, True, label=C.variant_facts(cls)[0], note=C.variant_facts(cls)[1])
+                    for method, cls in C.CACHE_VARIANTS.items())
+    return offered + tuple(Option(name, False, reason) for name, reason in NOT_OFFERED_CACHES.items())
 
 
 # ---------------------------------------------------------------------------------------------- quantization
 
 
-def quantization_options(info: dict[str, Any]) -> list[dict[str, Any]]:
-    cuda = info["cuda"]
-    sm = _capability(info)
-    bnb = _installed("bitsandbytes")
-    torchao = _installed("torchao")
-    quanto = _installed("optimum.quanto")
-    bnb_reason = None
-    if not bnb:
-        bnb_reason = "bitsandbytes is not installed"
-    elif not cuda:
-        bnb_reason = (
-            "bitsandbytes on a diffusers model (the transformer, the VAE) needs a CUDA GPU; on this CPU it can "
-            "quantize the text encoders only"
-        )
-    out = [
-        _option("none", None),
-        _option("bitsandbytes_4bit", bnb_reason, variants=["nf4", "fp4"], partial=bnb and not cuda),
-        _option("bitsandbytes_8bit", bnb_reason, partial=bnb and not cuda),
-    ]
-    for quant_type in ("int8_weight_only", "int8_dynamic", "float8_weight_only", "float8_dynamic"):
-        reason = None if torchao else "torchao is not installed"
-        if reason is None and quant_type == "float8_dynamic" and not (cuda and sm >= 8.9):
-            reason = "float8 dynamic activation quantization needs an Ada or Hopper GPU (sm89+)"
-        out.append(_option(f"torchao:{quant_type}", reason))
-    for weights in ("int8", "int4", "int2", "float8"):
-        out.append(_option(f"quanto:{weights}", None if quanto else "optimum-quanto is not installed"))
-    return out
+def quantization_backends(info: DeviceInfo) -> tuple[Option, ...]:
+    packages = {"bitsandbytes_4bit": ("bitsandbytes", "bitsandbytes"), "bitsandbytes_8bit": ("bitsandbytes",
+                "bitsandbytes"), "torchao": ("torchao", "torchao"), "quanto": ("optimum.quanto", "optimum-quanto")}
+    out = []
+    for backend, cls in C.QUANTIZATION_VARIANTS.items():
+        label, _ = C.variant_facts(cls)
+        module, package = packages.get(backend, (None, None))
+        if module and not installed(module):
+            out.append(Option(backend, False, f"{package} is not installed", label=label))
+        elif backend.startswith("bitsandbytes") and not info.cuda:
+            # Partly available: text encoders only (optim.compat checks the components).
+            out.append(Option(backend, True, note="on this CPU: text encoders only (" + C.BNB_ON_DIFFUSERS + ")",
+                              label=label))
+        else:
+            out.append(Option(backend, True, label=label))
+    return tuple(out)
 
 
-# ---------------------------------------------------------------------------------------------------- offload
+def torchao_types(info: DeviceInfo) -> tuple[Option, ...]:
+    out = []
+    for option in _generic("quantization.torchao.quant_type", C.TorchAo, "quant_type", info):
+        reason = None if installed("torchao") else "torchao is not installed"
+        if reason is None and option.value == "float8_dynamic" and not (info.cuda and info.sm >= 8.9):
+            reason = C.facts(C.TorchAo, "quant_type").cuda_reason("float8_dynamic")
+        out.append(Option(option.value, reason is None, reason))
+    return tuple(out)
 
 
-def offload_options(info: dict[str, Any]) -> list[dict[str, Any]]:
-    cuda = info["cuda"]
-    needs = None if cuda else "needs an accelerator (CUDA) to onload to; diffusers refuses it on a CPU-only machine"
-    return [
-        _option("none", None),
-        _option("model_cpu", needs),
-        _option("sequential_cpu", needs),
-        _option("group", None, note=None if cuda else "on CPU only offload_to_disk saves memory"),
-        _option("group:use_stream", None if cuda else "CUDA streams need a CUDA GPU"),
-        _option("vae_slicing", None),
-        _option("vae_tiling", None),
-    ]
+def quanto_weights(info: DeviceInfo) -> tuple[Option, ...]:
+    reason = None if installed("optimum.quanto") else "optimum-quanto is not installed"
+    return tuple(Option(w, reason is None, reason) for w in _choices(C.Quanto, "weights"))
 
 
 # ---------------------------------------------------------------------------------------------------- compile
 
 
-def compile_options(info: dict[str, Any]) -> list[dict[str, Any]]:
-    if info["zero_gpu"]:
-        jit = "ZeroGPU does not support just-in-time torch.compile (use ahead-of-time compilation)"
-    elif not info["cuda"] and not info["compiler"]:
-        jit = "torch.compile on CPU needs a C compiler (gcc), which is not installed"
-    else:
-        jit = None
-    cuda_graphs = None if info["cuda"] else "reduce-overhead uses CUDA graphs: needs a CUDA GPU"
-    return [
-        _option("off", None),
-        _option("regional", jit),
-        _option("full", jit),
-        _option("mode:default", jit),
-        _option("mode:reduce-overhead", jit or cuda_graphs),
-        _option("mode:max-autotune", jit),
-        _option("mode:max-autotune-no-cudagraphs", jit),
-    ]
+def compile_modes(info: DeviceInfo) -> tuple[Option, ...]:
+    jit = just_in_time_compile_reason(info)
+    facts = C.facts(C.CompileConfig, "mode")
+    return tuple(Option(mode, mode == "off" or jit is None, None if mode == "off" else jit,
+                        label=facts.labels.get(mode)) for mode in _choices(C.CompileConfig, "mode"))
+
+
+def inductor_modes(info: DeviceInfo) -> tuple[Option, ...]:
+    jit = just_in_time_compile_reason(info)
+    return tuple(Option(o.value, o.available and jit is None, jit or o.reason)
+                 for o in _generic("compile.inductor_mode", C.CompileConfig, "inductor_mode", info))
+
+
+def just_in_time_compile_reason(info: DeviceInfo) -> str | None:
+    if info.zero_gpu:
+        return "ZeroGPU does not support just-in-time torch.compile (use ahead-of-time compilation)"
+    if not info.cuda and not info.compiler:
+        return "torch.compile on CPU needs a C compiler (gcc), which is not installed"
+    return None
+
+
+def offload_modes(info: DeviceInfo) -> tuple[Option, ...]:
+    group_note = None if info.cuda else "on a CPU only offload_to_disk saves memory"
+    return tuple(Option(o.value, o.available, o.reason, note=group_note if o.value == "group" else None,
+                        label=o.label) for o in _generic("offload.mode", C.OffloadConfig, "mode", info))
 
 
 @lru_cache(maxsize=1)
-def _detect_cached() -> dict[str, Any]:
+def detect() -> Capabilities:
+    """Everything (cached: the answer does not change while the process runs)."""
     info = device_info()
-    return {
-        "device": info,
-        "attention_backends": attention_backends(info),
-        "cache_methods": cache_methods(info),
-        "quantization": quantization_options(info),
-        "offload": offload_options(info),
-        "compile": compile_options(info),
-    }
+    return Capabilities(device=info, options={
+        "attention.backend": attention_backends(info),
+        "cache.method": cache_methods(info),
+        "quantization.backend": quantization_backends(info),
+        "quantization.torchao.quant_type": torchao_types(info),
+        "quantization.quanto.weights": quanto_weights(info),
+        "offload.mode": offload_modes(info),
+        "offload.use_stream": _generic("offload.use_stream", C.OffloadConfig, "use_stream", info),
+        "compile.mode": compile_modes(info),
+        "compile.inductor_mode": inductor_modes(info),
+    })
 
 
-def detect() -> dict[str, Any]:
-    """Everything, as JSON values (cached: the answer does not change while the process runs)."""
-    return _detect_cached()
-
-
-def reason(section: str, name: str) -> str | None:
-    """Why option `name` of `section` is unavailable here (None if it is available or unknown)."""
-    for option in detect()[section]:
-        if option["name"] == name:
-            return option["reason"]
-    return None
+SECTION_TITLES = {
+    "attention.backend": "Attention backends",
+    "cache.method": "Cache methods",
+    "quantization.backend": "Quantization",
+    "quantization.torchao.quant_type": "torchao types",
+    "quantization.quanto.weights": "quanto weights",
+    "offload.mode": "Offload",
+    "offload.use_stream": "Group offload on CUDA streams",
+    "compile.mode": "torch.compile",
+    "compile.inductor_mode": "Inductor modes",
+}

@@ -57,6 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
     capabilities.add_argument("--json", action="store_true")
 
     commands.add_parser("schema", help="print the JSON Schema of a preset file")
+
+    reference = commands.add_parser("reference", help="print README's option tables (written from the settings)")
+    reference.add_argument("--write", type=Path, metavar="README", help="rewrite the options part of this file")
     return parser
 
 
@@ -118,21 +121,21 @@ def cmd_presets(args: argparse.Namespace) -> int:
 
 
 def cmd_capabilities(args: argparse.Namespace) -> int:
-    from optim.capabilities import detect
+    from optim.capabilities import SECTION_TITLES, detect
 
     caps = detect()
     if args.json:
-        print(json.dumps(caps, indent=2))
+        print(json.dumps(caps.to_json(), indent=2))
         return 0
-    device = caps["device"]
-    memory = f", {device['memory_gb']} GB" if device["memory_gb"] else ""
-    print(f"device: {device['device']} ({device['name']}{memory}); torch {device['torch']}, diffusers {device['diffusers']}")
-    for section in ("attention_backends", "cache_methods", "quantization", "offload", "compile"):
-        print(f"\n{section.replace('_', ' ')}:")
-        for option in caps[section]:
-            mark = "yes" if option["available"] else "no "
-            reason = f"  ({option['reason']})" if option["reason"] else ""
-            print(f"  {mark}  {option['name']}{reason}")
+    device = caps.device
+    memory = f", {device.memory_gb} GB" if device.memory_gb else ""
+    print(f"device: {device.device} ({device.name}{memory}); torch {device.torch}, diffusers {device.diffusers}")
+    for path, options in caps.options.items():
+        print(f"\n{SECTION_TITLES.get(path, path)} ({path}):")
+        for option in options:
+            mark = "yes" if option.available else "no "
+            why = option.reason or option.note
+            print(f"  {mark}  {option.value}{f'  ({why})' if why else ''}")
     return 0
 
 
@@ -143,12 +146,27 @@ def cmd_schema(_args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_reference(args: argparse.Namespace) -> int:
+    from optim.reference import options_markdown, write_readme
+
+    if args.write is None:
+        print(options_markdown(), end="")
+        return 0
+    try:
+        changed = write_readme(args.write)
+    except ValueError as error:
+        raise ConfigError(f"{args.write}: {error}") from None
+    print(f"{'updated' if changed else 'already current'}: {args.write}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     from optim.logs import quiet_libraries
 
     quiet_libraries()
     args = build_parser().parse_args(argv)
-    handlers = {"compare": cmd_compare, "presets": cmd_presets, "capabilities": cmd_capabilities, "schema": cmd_schema}
+    handlers = {"compare": cmd_compare, "presets": cmd_presets, "capabilities": cmd_capabilities, "schema": cmd_schema,
+                "reference": cmd_reference}
     try:
         return handlers[args.command](args)
     except OptimError as error:

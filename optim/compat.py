@@ -10,34 +10,52 @@ from __future__ import annotations
 
 from typing import Any
 
-from optim import capabilities
 from optim import config as C
+from optim.capabilities import detect
 from optim.errors import IncompatibleError, ModelError, UnavailableError
 from optim.generation import guidance_style_of
-from optim.models import ModelRef, ResolvedRun, read_component_config, read_model_index
-from optim.techniques.compile import needs_graph_breaks
+from optim.model_types import ModelInfo, ModelRef, ResolvedRun
+from optim.models import read_component_config, read_model_index
+from optim.techniques.compile import needs_graph_breaks, uses_cuda_graphs
 from optim.techniques.quantization import quantizable_components
+
+# Components of a pipeline that are diffusers models (bitsandbytes quantizes those on a CUDA GPU only).
+DIFFUSERS_COMPONENTS = ("transformer", "vae", "unet")
+
+
+def cuda_needs(optim: C.OptimConfig) -> list[str]:
+    """Why the chosen settings need a CUDA GPU, one line per setting (empty: they run anywhere). Read from the
+    settings' facts (`optim.config.facts`), plus bitsandbytes, whose need depends on the components chosen."""
+    found = []
+    for path, cls, settings in _chosen(optim):
+        for name in cls.model_fields:
+            value = getattr(settings, name)
+            reason = C.facts(cls, name).cuda_reason(value)
+            if reason:
+                found.append(f"{path}.{name} {value!r}: {reason}")
+    quant = optim.quantization
+    if quant.backend.startswith("bitsandbytes"):
+        on_diffusers = [c for c in quant.components if c in DIFFUSERS_COMPONENTS]
+        if on_diffusers:
+            found.append(f"quantization {quant.backend!r} on {', '.join(on_diffusers)}: {C.BNB_ON_DIFFUSERS}")
+    return found
+
+
+def _chosen(optim: C.OptimConfig) -> list[tuple[str, type, Any]]:
+    """(path, settings class, settings) of every section, unions resolved to the chosen variant."""
+    out = [(section, cls, getattr(optim, section)) for section, cls in C.SECTIONS.items()]
+    for section in C.UNIONS:
+        settings = getattr(optim, section)
+        out.append((section, type(settings), settings))
+    return out
 
 
 def required_hardware(optim: C.OptimConfig) -> str:
     """'cuda' if any chosen option needs a CUDA GPU whatever the machine, else 'any'."""
-    cpu_attention = optim.attention.backend in capabilities.CPU_ATTENTION
-    quant = optim.quantization
-    bnb_on_diffusers = quant.backend.startswith("bitsandbytes") and any(
-        component in ("transformer", "vae", "unet") for component in quant.components
-    )
-    needs_cuda = (
-        not cpu_attention
-        or bnb_on_diffusers
-        or (isinstance(quant, C.TorchAo) and quant.quant_type == "float8_dynamic")
-        or optim.offload.mode in ("model_cpu", "sequential_cpu")
-        or optim.offload.use_stream
-        or optim.compile.inductor_mode == "reduce-overhead"
-    )
-    return "cuda" if needs_cuda else "any"
+    return "cuda" if cuda_needs(optim) else "any"
 
 
-def describe_model(ref: ModelRef) -> dict[str, Any]:
+def describe_model(ref: ModelRef) -> ModelInfo:
     """What the checks need to know about a model, read from its configs (no weights are loaded)."""
     if ref.kind == "synthetic":
         from optim.synthetic import SYNTHETIC_MODELS
@@ -54,43 +72,44 @@ def describe_model(ref: ModelRef) -> dict[str, Any]:
         )
     transformer_config = read_component_config(ref, "transformer") or {}
     embeds = bool(transformer_config.get("guidance_embeds", False))
-    return {
-        "pipeline": index.get("_class_name"),
-        "transformer": transformer[1],
-        "guidance_embeds": embeds,
-        "guidance": guidance_style_of(getattr(diffusers, index["_class_name"]), embeds),
-        "components": quantizable_components(index),
-    }
+    return ModelInfo(
+        pipeline=index["_class_name"],
+        transformer=transformer[1],
+        guidance=guidance_style_of(getattr(diffusers, index["_class_name"]), embeds),
+        components=quantizable_components(index),
+        guidance_embeds=embeds,
+        attention_head_dim=transformer_config.get("attention_head_dim"),
+    )
 
 
-def check(optim: C.OptimConfig, run: ResolvedRun, model: dict[str, Any]) -> None:
+def check(optim: C.OptimConfig, run: ResolvedRun, model: ModelInfo) -> None:
     """Raise `UnavailableError` or `IncompatibleError` if the optimized side cannot run here."""
     cuda = run.device == "cuda"
+    caps = detect()
 
-    if model.get("synthetic") and not cuda:
+    if model.synthetic and not cuda:
         raise UnavailableError(
-            f"{model['synthetic']} has a full-size model's dimensions with random weights, for measuring GPUs: it "
+            f"{model.synthetic} has a full-size model's dimensions with random weights, for measuring GPUs: it "
             "needs a CUDA GPU (on a CPU it would not fit in memory, or take minutes per step). Use 'embedded' here"
         )
 
-    # --- each option on its own: is it available on this machine?
-    attention_reason = capabilities.reason("attention_backends", optim.attention.backend)
+    # --- each option on its own: can this machine run it?
+    attention_reason = caps.reason("attention.backend", optim.attention.backend)
     if attention_reason:
         raise UnavailableError(f"attention backend {optim.attention.backend!r} is not available here: {attention_reason}")
+    if not cuda:  # (the attention backend and bitsandbytes have their own, more precise reasons)
+        needs = [need for need in cuda_needs(optim) if not need.startswith(("quantization ", "attention."))]
+        if needs:
+            raise UnavailableError(f"{needs[0]}. This run is on the CPU: choose another value, or run on a GPU")
+    if optim.attention.backend != "native" and (cuda or optim.attention.checks):
+        # Without checks a CPU kernel takes float32 where the CUDA kernel would not (_native_flash); with checks
+        # diffusers refuses what the constraint says, on any device.
+        _check_attention_inputs(optim.attention.backend, run, model, checks=optim.attention.checks)
     _check_quantization(optim.quantization, model, cuda)
-    if optim.offload.mode in ("model_cpu", "sequential_cpu") and not cuda:
-        raise UnavailableError(
-            f"offload mode {optim.offload.mode!r} needs a CUDA GPU (diffusers onloads to an accelerator); "
-            "on CPU use mode 'group' with offload_to_disk, or no offload"
-        )
-    if optim.offload.use_stream and not cuda:
-        raise UnavailableError("group offload use_stream needs a CUDA GPU (CUDA streams); turn use_stream off")
-    if optim.compile.mode != "off":
-        reason = capabilities.reason("compile", optim.compile.mode)
+    if optim.compile.mode != "off":  # (the inductor modes' CUDA needs are settings facts, checked above)
+        reason = caps.reason("compile.mode", optim.compile.mode)
         if reason:
             raise UnavailableError(f"compile mode {optim.compile.mode!r} is not available here: {reason}")
-        if optim.compile.inductor_mode == "reduce-overhead" and not cuda:
-            raise UnavailableError("compile inductor_mode 'reduce-overhead' uses CUDA graphs and needs a CUDA GPU")
 
     # --- combinations
     if optim.offload.mode == "sequential_cpu" and optim.compile.mode != "off":
@@ -102,37 +121,108 @@ def check(optim: C.OptimConfig, run: ResolvedRun, model: dict[str, Any]) -> None
     if optim.compile.mode != "off" and optim.compile.fullgraph and breaks:
         raise IncompatibleError(
             f"compile fullgraph=true cannot work here: {breaks}, which breaks the graph. Set compile fullgraph to "
-            "false (or leave it unset: auto), or turn the cache/group offload off"
+            "false (or leave it unset: auto), or turn that option off"
         )
+    if optim.compile.mode != "off" and cuda and uses_cuda_graphs(optim.compile.inductor_mode):
+        _check_cuda_graphs(optim)
     quantized_subclass = optim.quantization.backend in ("torchao", "quanto")
     if optim.offload.mode == "group" and optim.offload.offload_to_disk and quantized_subclass:
         raise IncompatibleError(
             f"group offload to disk cannot store {optim.quantization.backend}-quantized weights (safetensors cannot "
             "serialize their tensor subclasses); turn offload_to_disk off to offload to CPU memory instead"
         )
+    if optim.quantization.backend.startswith("bitsandbytes") and optim.offload.mode == "sequential_cpu":
+        raise IncompatibleError(
+            "sequential CPU offload cannot move bitsandbytes-quantized weights (diffusers#10800, bitsandbytes#1525: "
+            "closed as won't fix); use model_cpu offload, or group offload with use_stream"
+        )
+    if isinstance(optim.quantization, C.BitsAndBytes8Bit) and optim.offload.mode == "group":
+        raise IncompatibleError(
+            "group offload cannot offload bitsandbytes 8-bit weights: their int8 copy (state.CB) stays on the GPU, "
+            "so nothing is saved, and without streams it ends on the wrong device; use 4-bit, or model_cpu offload"
+        )
+    if isinstance(optim.quantization, C.Quanto) and optim.offload.mode == "group" and not optim.offload.offload_to_disk:
+        raise IncompatibleError(
+            "group offload cannot move quanto-quantized weights: diffusers moves each tensor with `tensor.data = "
+            "moved`, which leaves quanto's inner int8 data and scales where they were. Use torchao (diffusers "
+            "swaps its tensors properly) or model_cpu offload with quanto"
+        )
     if isinstance(optim.cache, C.FasterCache) and optim.cache.is_guidance_distilled is False:
-        if model["guidance"] != "cfg":
+        if model.guidance != "cfg":
             raise IncompatibleError(
                 "FasterCache with is_guidance_distilled=false approximates the unconditional branch of a batched "
-                f"classifier-free guidance; {model['pipeline']} has none to approximate ("
-                + ("guidance-distilled" if model["guidance"] == "distilled" else "its guidance branches run as separate calls")
+                f"classifier-free guidance; {model.pipeline} has none to approximate ("
+                + ("guidance-distilled" if model.guidance == "distilled" else "its guidance branches run as separate calls")
                 + "). Leave is_guidance_distilled unset so only FasterCache's attention reuse applies"
             )
 
 
-def _check_quantization(quant: Any, model: dict[str, Any], cuda: bool) -> None:
+def _check_attention_inputs(backend: str, run: ResolvedRun, model: ModelInfo, *, checks: bool = False) -> None:
+    """The dtype and head size the backend's kernel accepts (diffusers' own constraints, `backend_needs`), which
+    diffusers checks only with DIFFUSERS_ATTN_CHECKS on: without them a mismatch fails inside the kernel."""
+    from optim.techniques.attention import backend_needs
+
+    needs = backend_needs(backend)
+    if needs.dtypes and run.dtype not in needs.dtypes:
+        where = "with the dispatcher checks on, diffusers accepts" if checks else "computes in"
+        raise IncompatibleError(
+            f"attention backend {backend!r} {where} {' or '.join(needs.dtypes)} only; this run uses {run.dtype}. "
+            f"Set run dtype to {needs.dtypes[0]}"
+            + (", or turn the checks off" if checks and run.device == "cpu" else " (or auto)")
+            + ", or use the 'native' backend"
+        )
+    head = model.attention_head_dim
+    if needs.head_dims and head and head not in needs.head_dims:
+        raise IncompatibleError(
+            f"attention backend {backend!r} supports head dimensions {', '.join(map(str, needs.head_dims))}; "
+            f"{model.transformer} uses {head}. Pick another backend"
+        )
+
+
+def _check_cuda_graphs(optim: C.OptimConfig) -> None:
+    """CUDA graphs (`reduce-overhead`, `max-autotune`) replay recorded kernels on fixed memory: every input, weight
+    and output lives at the address it had when the graph was recorded, and each replay overwrites the outputs."""
+    mode = optim.compile.inductor_mode
+    fix = "use inductor_mode 'max-autotune-no-cudagraphs' (the same kernels without CUDA graphs) or 'default'"
+    if optim.compile.mode == "regional":
+        raise IncompatibleError(
+            f"compile inductor_mode {mode!r} records CUDA graphs, and with regional compile each block's graph "
+            "output is the next block's input, which the next replay overwrites (pytorch#152887); use compile "
+            f"mode 'full', or {fix}"
+        )
+    if optim.attention.backend.lstrip("_").startswith("sage"):
+        raise IncompatibleError(
+            f"compile inductor_mode {mode!r} records CUDA graphs, which SageAttention's kernels do not support "
+            f"(its README: torch.compile without CUDA graphs only); {fix}"
+        )
+    if optim.cache.method != "none":
+        raise IncompatibleError(
+            f"compile inductor_mode {mode!r} records CUDA graphs, whose next replay overwrites the block outputs the "
+            f"{optim.cache.method} cache keeps between steps; {fix}"
+        )
+    if optim.offload.mode != "none":
+        raise IncompatibleError(
+            f"compile inductor_mode {mode!r} records CUDA graphs, which need weights at fixed GPU addresses; "
+            f"{optim.offload.mode} offload moves them on every call (graphs would be re-recorded inside the timed "
+            f"runs); {fix}"
+        )
+
+
+def _check_quantization(quant: Any, model: ModelInfo, cuda: bool) -> None:
     if isinstance(quant, C.NoQuantization):
         return
-    components = model["components"]
+    components = model.components
     for component in quant.components:
         if component not in components:
             raise IncompatibleError(
                 f"quantization.components: {component!r} is not a component with weights in this model; "
                 f"choose from {', '.join(sorted(components))}"
             )
+    caps = detect()
+    reason = caps.reason("quantization.backend", quant.backend)
+    if reason:
+        raise UnavailableError(f"quantization {quant.backend!r} is not available here: {reason}")
     if quant.backend.startswith("bitsandbytes"):
-        if not capabilities._installed("bitsandbytes"):
-            raise UnavailableError("bitsandbytes is not installed (pip install bitsandbytes)")
         on_diffusers = [c for c in quant.components if components[c] == "diffusers"]
         if on_diffusers and not cuda:
             raise UnavailableError(
@@ -140,10 +230,10 @@ def _check_quantization(quant: Any, model: dict[str, Any], cuda: bool) -> None:
                 "needed for quantization'); on CPU choose only text encoders, or use torchao or quanto"
             )
     if isinstance(quant, C.TorchAo):
-        reason = capabilities.reason("quantization", f"torchao:{quant.quant_type}")
+        reason = caps.reason("quantization.torchao.quant_type", quant.quant_type)
         if reason:
             raise UnavailableError(f"torchao {quant.quant_type} is not available here: {reason}")
     if isinstance(quant, C.Quanto):
-        reason = capabilities.reason("quantization", f"quanto:{quant.weights}")
+        reason = caps.reason("quantization.quanto.weights", quant.weights)
         if reason:
             raise UnavailableError(f"quanto {quant.weights} is not available here: {reason}")

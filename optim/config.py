@@ -6,6 +6,11 @@ a wrong type or an out-of-range value raises one `ConfigError` naming the field 
 allowed. This module does not import torch, so settings validate anywhere (a browser upload, a CI job without
 a GPU).
 
+Each setting's facts live beside it, in its `Field(...)` (see `facts()`): the label and help the UI shows (also
+the JSON Schema's title and description, and README's option tables), whether it is an advanced option, labels
+for its choices, and which values need a CUDA GPU and why (what `optim.capabilities` and `optim.compat` read).
+A technique variant (a cache method, a quantization backend) carries its label and summary on its class.
+
 Example:
     >>> optim = parse_optim({"cache": {"method": "first_block_cache", "threshold": 0.1}})
     >>> optim.cache.threshold
@@ -15,7 +20,9 @@ Example:
 from __future__ import annotations
 
 import difflib
-from typing import Annotated, Any, Literal, Union
+from dataclasses import dataclass
+from dataclasses import field as dataclass_field
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, model_validator
 
@@ -60,8 +67,66 @@ SkipRange = Annotated[int, Field(ge=1, le=50)]
 Dtype = Literal["float32", "bfloat16", "float16"]
 
 
-class _Settings(BaseModel):
+class Settings(BaseModel):
+    """Base of every settings model: frozen, strict, no unknown keys."""
+
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+def info(label: str, help: str, *, advanced: bool = False, labels: dict[str, str] | None = None,
+         cuda: dict[Any, str] | None = None) -> dict[str, Any]:
+    """`Field(**info(...))`: a setting's facts. `labels`: how its choices are shown; `cuda`: the values that need a
+    CUDA GPU, each with the reason (a bool field uses the key True)."""
+    extra: dict[str, Any] = {"advanced": advanced}
+    if labels:
+        extra["labels"] = labels
+    if cuda:
+        extra["needs_cuda"] = {json_key(value): reason for value, reason in cuda.items()}
+    return {"title": label, "description": help, "json_schema_extra": extra}
+
+
+def json_key(value: Any) -> str:
+    """A choice value as a JSON object key (True -> 'true')."""
+    return value if isinstance(value, str) else repr(value).lower()
+
+
+def variant(label: str, summary: str) -> ConfigDict:
+    """`model_config` of a technique variant (a cache method, a quantization backend): its label and summary."""
+    return ConfigDict(title=label, json_schema_extra={"summary": summary})
+
+
+@dataclass(frozen=True)
+class Facts:
+    """What the UI, the schema, the capability checks and README know about one setting."""
+
+    label: str
+    help: str
+    advanced: bool = False
+    labels: dict[str, str] = dataclass_field(default_factory=dict)
+    needs_cuda: dict[str, str] = dataclass_field(default_factory=dict)
+
+    def cuda_reason(self, value: Any) -> str | None:
+        """Why `value` needs a CUDA GPU (None: it runs anywhere)."""
+        return self.needs_cuda.get(json_key(value))
+
+
+def facts(cls: type[BaseModel], name: str) -> Facts:
+    """The facts of field `name` of settings class `cls`."""
+    field_info = cls.model_fields[name]
+    extra = field_info.json_schema_extra if isinstance(field_info.json_schema_extra, dict) else {}
+    return Facts(
+        label=field_info.title or name.replace("_", " ").capitalize(),
+        help=field_info.description or "",
+        advanced=bool(extra.get("advanced")),
+        labels=dict(extra.get("labels") or {}),
+        needs_cuda=dict(extra.get("needs_cuda") or {}),
+    )
+
+
+def variant_facts(cls: type[BaseModel]) -> tuple[str, str]:
+    """(label, summary) of a technique variant class."""
+    extra = cls.model_config.get("json_schema_extra") or {}
+    return cls.model_config.get("title") or cls.__name__, str(extra.get("summary", ""))
 
 
 def _only(names: list[str]) -> str:
@@ -79,60 +144,112 @@ def _check_range(value: tuple[int, int] | None, name: str) -> None:
 # ----------------------------------------------------------------------------------------------- the run itself
 
 
-class RunSpec(_Settings):
+class RunSpec(Settings):
     """What to generate and how to measure it. `None` means "the model's own default" (see `optim.models`)."""
 
-    model: Annotated[str, Field(min_length=1, max_length=300)] = "embedded"
-    prompt: Annotated[str, Field(max_length=2000)] | None = None
-    negative_prompt: Annotated[str, Field(max_length=2000)] | None = None
-    seed: Annotated[int, Field(ge=0, le=2**32 - 1)] = 0
-    steps: Annotated[int, Field(ge=1, le=500)] | None = None
-    width: Annotated[int, Field(ge=16, le=8192, multiple_of=16)] | None = None
-    height: Annotated[int, Field(ge=16, le=8192, multiple_of=16)] | None = None
-    guidance_scale: Annotated[float, Field(ge=0.0, le=50.0)] | None = None
-    max_sequence_length: Annotated[int, Field(ge=1, le=512)] | None = None
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    model: Annotated[str, Field(min_length=1, max_length=300)] = Field(
+        "embedded", **info("Model", "The embedded tiny FLUX runs anywhere in a second. Hub ids download on first use; "
+                           "a local diffusers folder works too. Synthetic models have a real model's dimensions and "
+                           "random weights (GPU only)."))
+    prompt: Annotated[str, Field(max_length=2000)] | None = Field(
+        None, **info("Prompt", "Same prompt for both sides. Empty: the model's own example prompt."))
+    negative_prompt: Annotated[str, Field(max_length=2000)] | None = Field(
+        None, **info("Negative prompt", "Empty: the model's default."))
+    seed: Annotated[int, Field(ge=0, le=2**32 - 1)] = Field(
+        0, **info("Seed", "Same seed (a CPU generator) on both sides, so differences come from the optimizations."))
+    steps: Annotated[int, Field(ge=1, le=500)] | None = Field(
+        None, **info("Steps", "Denoising steps: time grows with steps; caches have more steps to skip."))
+    width: Annotated[int, Field(ge=16, le=8192, multiple_of=16)] | None = Field(
+        None, **info("Width", "Multiple of 16. Time and memory grow with pixels."))
+    height: Annotated[int, Field(ge=16, le=8192, multiple_of=16)] | None = Field(
+        None, **info("Height", "Multiple of 16."))
+    guidance_scale: Annotated[float, Field(ge=0.0, le=50.0)] | None = Field(
+        None, **info("Guidance", "Guidance strength (for FLUX-architecture models without guidance embeddings, like "
+                     "the embedded one, the true-CFG scale); empty: the model's recommended value."))
+    max_sequence_length: Annotated[int, Field(ge=1, le=512)] | None = Field(
+        None, **info("Max text tokens", "Empty: the model's default (the length it was trained with).",
+                     advanced=True))
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", **info("Precision", "auto: bfloat16 on a GPU, float32 on a CPU. Both sides use it.", advanced=True))
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", **info("Device", "auto: CUDA when there is a GPU.", advanced=True))
     # The first warm-up run is eager and also measures how much transformer work the cache skips.
-    warmup_runs: Annotated[int, Field(ge=1, le=10)] = 1
-    timed_runs: Annotated[int, Field(ge=1, le=50)] = 3
+    warmup_runs: Annotated[int, Field(ge=1, le=10)] = Field(
+        1, **info("Warm-up runs", "Untimed runs per side before timing (the first also counts skipped work).",
+                  advanced=True))
+    timed_runs: Annotated[int, Field(ge=1, le=50)] = Field(
+        3, **info("Timed runs", "Per side; the median is reported with min-max. More: steadier, slower.",
+                  advanced=True))
 
 
 # ------------------------------------------------------------------------------------------------- attention
 
+# Names whose kernels need a CUDA GPU whatever is installed (their packages and the Hub are checked at run time
+# by `optim.capabilities`; see FACTS: only these four ran on a CPU).
+CPU_ATTENTION = ("native", "_native_math", "_native_flash", "flex")
 
-class AttentionConfig(_Settings):
+
+class AttentionConfig(Settings):
     """`transformer.set_attention_backend(backend)`; `checks` turns on the dispatcher's input checks."""
 
-    backend: Literal[ATTENTION_BACKENDS] = "native"  # type: ignore[valid-type]
-    checks: bool = False
+    backend: Literal[ATTENTION_BACKENDS] = Field(  # type: ignore[valid-type]
+        "native", **info(
+            "Attention backend",
+            "The kernel behind every attention call, through diffusers' dispatcher, restored to native afterwards. "
+            "native is PyTorch's scaled_dot_product_attention; _native_math, _native_flash, _native_efficient and "
+            "_native_cudnn force one of its kernels; flex is FlexAttention; flash/flash_varlen FlashAttention-2, "
+            "_flash_3* FlashAttention-3 (Hopper); sage* SageAttention (int8 QK); xformers; *_hub kernels fetched "
+            "from the Hub. Fused kernels cut time and memory on a GPU; results can differ in the last bits. On a CPU "
+            "only native, _native_math, _native_flash and flex run.",
+            cuda={name: "its kernel runs on CUDA GPUs only" for name in ATTENTION_BACKENDS
+                  if name not in CPU_ATTENTION and name not in ("_native_npu", "_native_xla")}))
+    checks: bool = Field(False, **info(
+        "Dispatcher checks", "Validate devices, dtypes and shapes before every attention call (DIFFUSERS_ATTN_CHECKS): "
+        "adds overhead, for debugging a backend.", advanced=True))
 
 
 # ----------------------------------------------------------------------------------------------------- caches
 
+_SKIP = "Recompute {kind} attention every N calls and reuse it in between (empty: never skip it)."
+_STEPS = "Timesteps (0-1000 scale, low to high) where {kind} skipping applies."
 
-class NoCache(_Settings):
+
+class NoCache(Settings):
+    model_config = variant("none", "No cache: every step computes every block.")
     method: Literal["none"]
 
 
-class FirstBlockCache(_Settings):
+class FirstBlockCache(Settings):
     """diffusers `FirstBlockCacheConfig`: skip the remaining blocks while the first block's residual barely moves."""
 
+    model_config = variant("First Block Cache", "Skip the other blocks while the first block's output barely "
+                           "changes between steps, reusing their cached residual.")
     method: Literal["first_block_cache"]
-    threshold: Annotated[float, Field(gt=0.0, le=1.0)] = 0.05
+    threshold: Annotated[float, Field(gt=0.0, le=1.0)] = Field(0.05, **info(
+        "Threshold", "When the first block's output changed less than this (relative) since the last computed "
+        "step, the other blocks are skipped. Higher: more skipped steps, lower fidelity."))
 
 
-class PyramidAttentionBroadcast(_Settings):
+class PyramidAttentionBroadcast(Settings):
     """diffusers `PyramidAttentionBroadcastConfig` (arXiv 2408.12588). A skip range N recomputes attention once
     every N calls while the timestep is inside the matching timestep range."""
 
+    model_config = variant("Pyramid Attention Broadcast", "Reuse attention outputs for N-1 of every N calls while "
+                           "the timestep is in range; cross attention tolerates the most skipping, spatial the least.")
     method: Literal["pyramid_attention_broadcast"]
-    spatial_attention_block_skip_range: SkipRange | None = 2
-    temporal_attention_block_skip_range: SkipRange | None = None
-    cross_attention_block_skip_range: SkipRange | None = None
-    spatial_attention_timestep_skip_range: TimestepRange = (100, 800)
-    temporal_attention_timestep_skip_range: TimestepRange = (100, 800)
-    cross_attention_timestep_skip_range: TimestepRange = (100, 800)
+    spatial_attention_block_skip_range: SkipRange | None = Field(2, **info(
+        "Spatial skip range", _SKIP.format(kind="spatial (self)")))
+    temporal_attention_block_skip_range: SkipRange | None = Field(None, **info(
+        "Temporal skip range", _SKIP.format(kind="temporal") + " Only for models with separate temporal attention "
+        "blocks.", advanced=True))
+    cross_attention_block_skip_range: SkipRange | None = Field(None, **info(
+        "Cross skip range", _SKIP.format(kind="cross"), advanced=True))
+    spatial_attention_timestep_skip_range: TimestepRange = Field((100, 800), **info(
+        "Spatial timesteps", _STEPS.format(kind="spatial")))
+    temporal_attention_timestep_skip_range: TimestepRange = Field((100, 800), **info(
+        "Temporal timesteps", _STEPS.format(kind="temporal"), advanced=True))
+    cross_attention_timestep_skip_range: TimestepRange = Field((100, 800), **info(
+        "Cross timesteps", _STEPS.format(kind="cross"), advanced=True))
 
     @model_validator(mode="after")
     def _ranges(self) -> PyramidAttentionBroadcast:
@@ -148,24 +265,42 @@ class PyramidAttentionBroadcast(_Settings):
         return self
 
 
-class FasterCache(_Settings):
+class FasterCache(Settings):
     """diffusers `FasterCacheConfig` (arXiv 2410.19355): reuse attention states and approximate the unconditional
     branch. `is_guidance_distilled=None` means "decide from the model" (FLUX.1-dev style guidance embeddings)."""
 
+    model_config = variant("FasterCache", "Reuse attention states across steps with frequency-aware updates, and "
+                           "approximate the unconditional branch of batched classifier-free guidance.")
     method: Literal["faster_cache"]
-    spatial_attention_block_skip_range: SkipRange | None = 2
-    temporal_attention_block_skip_range: SkipRange | None = None
-    spatial_attention_timestep_skip_range: TimestepRange = (-1, 681)
-    temporal_attention_timestep_skip_range: TimestepRange = (-1, 681)
-    low_frequency_weight_update_timestep_range: TimestepRange = (99, 901)
-    high_frequency_weight_update_timestep_range: TimestepRange = (-1, 301)
-    alpha_low_frequency: Annotated[float, Field(ge=0.0, le=10.0)] = 1.1
-    alpha_high_frequency: Annotated[float, Field(ge=0.0, le=10.0)] = 1.1
-    unconditional_batch_skip_range: Annotated[int, Field(ge=1, le=50)] = 5
-    unconditional_batch_timestep_skip_range: TimestepRange = (-1, 641)
-    attention_weight: Annotated[float, Field(ge=0.0, le=1.0)] = 0.5
-    tensor_format: Literal["BCFHW", "BFCHW", "BCHW"] = "BCHW"
-    is_guidance_distilled: bool | None = None
+    spatial_attention_block_skip_range: SkipRange | None = Field(2, **info(
+        "Spatial skip range", _SKIP.format(kind="spatial")))
+    temporal_attention_block_skip_range: SkipRange | None = Field(None, **info(
+        "Temporal skip range", _SKIP.format(kind="temporal") + " Video models only.", advanced=True))
+    spatial_attention_timestep_skip_range: TimestepRange = Field((-1, 681), **info(
+        "Spatial timesteps", _STEPS.format(kind="spatial")))
+    temporal_attention_timestep_skip_range: TimestepRange = Field((-1, 681), **info(
+        "Temporal timesteps", _STEPS.format(kind="temporal"), advanced=True))
+    low_frequency_weight_update_timestep_range: TimestepRange = Field((99, 901), **info(
+        "Low-frequency update range", "Timesteps where the low-frequency weight is updated.", advanced=True))
+    high_frequency_weight_update_timestep_range: TimestepRange = Field((-1, 301), **info(
+        "High-frequency update range", "Timesteps where the high-frequency weight is updated.", advanced=True))
+    alpha_low_frequency: Annotated[float, Field(ge=0.0, le=10.0)] = Field(1.1, **info(
+        "Low-frequency weight", "How much reused low frequencies count.", advanced=True))
+    alpha_high_frequency: Annotated[float, Field(ge=0.0, le=10.0)] = Field(1.1, **info(
+        "High-frequency weight", "How much reused high frequencies count.", advanced=True))
+    unconditional_batch_skip_range: Annotated[int, Field(ge=1, le=50)] = Field(5, **info(
+        "Unconditional skip range", "Approximate the unconditional branch every N steps (pipelines that batch "
+        "classifier-free guidance only)."))
+    unconditional_batch_timestep_skip_range: TimestepRange = Field((-1, 641), **info(
+        "Unconditional skip timesteps", "Timesteps where the approximation applies.", advanced=True))
+    attention_weight: Annotated[float, Field(ge=0.0, le=1.0)] = Field(0.5, **info(
+        "Attention weight", "Blend of reused and fresh attention.", advanced=True))
+    tensor_format: Literal["BCFHW", "BFCHW", "BCHW"] = Field("BCHW", **info(
+        "Tensor format", "Layout of the model's hidden states: BCHW for images, BFCHW (CogVideoX) or BCFHW for "
+        "video.", advanced=True))
+    is_guidance_distilled: bool | None = Field(None, **info(
+        "Guidance-distilled model", "Unset decides from the pipeline: the unconditional-branch approximation applies "
+        "only where guidance branches are batched in one call."))
 
     @model_validator(mode="after")
     def _ranges(self) -> FasterCache:
@@ -180,36 +315,49 @@ class FasterCache(_Settings):
         return self
 
 
-class MagCache(_Settings):
+class MagCache(Settings):
     """diffusers `MagCacheConfig`. `mag_ratios`: "calibrate" measures the model's ratios in an untimed run first;
     "flux" uses the FLUX.1 ratios shipped with diffusers; a list gives them explicitly."""
 
+    model_config = variant("MagCache", "Skip steps while the ratio of residual magnitudes between steps stays near "
+                           "1, up to an error budget.")
     method: Literal["mag_cache"]
-    threshold: Annotated[float, Field(gt=0.0, le=2.0)] = 0.06
-    max_skip_steps: Annotated[int, Field(ge=1, le=50)] = 3
-    retention_ratio: Annotated[float, Field(ge=0.0, le=1.0)] = 0.2
-    mag_ratios: Literal["calibrate", "flux"] | Annotated[list[float], Field(min_length=2, max_length=1000)] = (
-        "calibrate"
-    )
+    threshold: Annotated[float, Field(gt=0.0, le=2.0)] = Field(0.06, **info(
+        "Threshold", "Accumulated error allowed before recomputing. Higher: faster, lower fidelity."))
+    max_skip_steps: Annotated[int, Field(ge=1, le=50)] = Field(3, **info(
+        "Max skipped steps in a row", "Caps drift between fully computed steps."))
+    retention_ratio: Annotated[float, Field(ge=0.0, le=1.0)] = Field(0.2, **info(
+        "Retention ratio", "Share of the first steps always computed in full."))
+    mag_ratios: Literal["calibrate", "flux"] | Annotated[list[float], Field(min_length=2, max_length=1000)] = Field(
+        "calibrate", **info(
+            "Magnitude ratios", "calibrate: measure this model's ratios in an untimed run first; flux: FLUX.1's "
+            "published ratios; or a list, one number per step."))
 
 
-class TaylorSeer(_Settings):
+class TaylorSeer(Settings):
     """diffusers `TaylorSeerCacheConfig`: predict skipped block outputs with a Taylor expansion."""
 
+    model_config = variant("TaylorSeer", "Compute fully every N steps and predict the block outputs in between "
+                           "with a Taylor expansion.")
     method: Literal["taylorseer"]
-    cache_interval: Annotated[int, Field(ge=1, le=50)] = 5
-    disable_cache_before_step: Annotated[int, Field(ge=0, le=500)] = 3
-    disable_cache_after_step: Annotated[int, Field(ge=0, le=500)] | None = None
-    max_order: Annotated[int, Field(ge=0, le=4)] = 1
-    taylor_factors_dtype: Dtype = "bfloat16"
-    use_lite_mode: bool = False
+    cache_interval: Annotated[int, Field(ge=1, le=50)] = Field(5, **info(
+        "Cache interval", "Compute fully every N steps, predict in between. Higher: faster, lower fidelity."))
+    disable_cache_before_step: Annotated[int, Field(ge=0, le=500)] = Field(3, **info(
+        "Full steps first", "Steps computed fully before caching starts."))
+    disable_cache_after_step: Annotated[int, Field(ge=0, le=500)] | None = Field(None, **info(
+        "Full steps from", "Compute fully from this step on (empty: never)."))
+    max_order: Annotated[int, Field(ge=0, le=4)] = Field(1, **info(
+        "Taylor order", "Higher orders predict better and keep more tensors."))
+    taylor_factors_dtype: Dtype = Field("bfloat16", **info(
+        "Factor precision", "dtype of the stored Taylor factors.", advanced=True))
+    use_lite_mode: bool = Field(False, **info(
+        "Lite mode", "Cache fewer layers: less memory, less speed-up.", advanced=True))
 
 
 CacheConfig = Annotated[
     Union[NoCache, FirstBlockCache, PyramidAttentionBroadcast, FasterCache, MagCache, TaylorSeer],
     Field(discriminator="method"),
 ]
-CACHE_METHODS = ("none", "first_block_cache", "pyramid_attention_broadcast", "faster_cache", "mag_cache", "taylorseer")
 
 # ----------------------------------------------------------------------------------------------- quantization
 
@@ -217,66 +365,100 @@ Components = Annotated[
     tuple[Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,63}$")], ...],
     Field(strict=False, min_length=1, max_length=8),
 ]
+_COMPONENTS = info("Components", "Which pipeline components to quantize (the report gives each one's size before "
+                   "and after, measured from the weights).")
+BNB_ON_DIFFUSERS = ("bitsandbytes quantizes diffusers components (the transformer, the VAE) on a CUDA GPU only "
+                     "(diffusers: 'No GPU found. A GPU is needed for quantization'); on a CPU only text encoders")
 
 
-class NoQuantization(_Settings):
+class NoQuantization(Settings):
+    model_config = variant("none", "Weights stay in the run's dtype.")
     backend: Literal["none"]
 
 
-class BitsAndBytes4Bit(_Settings):
+class BitsAndBytes4Bit(Settings):
     """bitsandbytes 4-bit (QLoRA-style): nf4 or fp4 weights, compute in `compute_dtype`."""
 
+    model_config = variant("bitsandbytes 4-bit (NF4/FP4)", "4-bit weights, dequantized for each matmul. "
+                           + BNB_ON_DIFFUSERS + ".")
     backend: Literal["bitsandbytes_4bit"]
-    components: Components = ("transformer",)
-    quant_type: Literal["nf4", "fp4"] = "nf4"
-    compute_dtype: Dtype = "bfloat16"
-    double_quant: bool = False
+    components: Components = Field(("transformer",), **_COMPONENTS)
+    quant_type: Literal["nf4", "fp4"] = Field("nf4", **info(
+        "4-bit type", "nf4 suits normally distributed weights (the usual choice); fp4 is the plain 4-bit float."))
+    compute_dtype: Dtype = Field("bfloat16", **info(
+        "Compute dtype", "Weights are dequantized to this for matmuls."))
+    double_quant: bool = Field(False, **info(
+        "Double quantization", "Quantize the scales too: about 0.4 bit per weight less, slightly slower."))
 
 
-class BitsAndBytes8Bit(_Settings):
+class BitsAndBytes8Bit(Settings):
     """bitsandbytes LLM.int8() weights."""
 
+    model_config = variant("bitsandbytes 8-bit (LLM.int8)", "8-bit weights with outliers kept in 16 bits. "
+                           + BNB_ON_DIFFUSERS + ".")
     backend: Literal["bitsandbytes_8bit"]
-    components: Components = ("transformer",)
+    components: Components = Field(("transformer",), **_COMPONENTS)
 
 
-class TorchAo(_Settings):
+class TorchAo(Settings):
     """torchao through diffusers `TorchAoConfig` (one torchao config class per `quant_type`)."""
 
+    model_config = variant("torchao", "PyTorch-native quantized tensors (int8, float8), composable with "
+                           "torch.compile.")
     backend: Literal["torchao"]
-    components: Components = ("transformer",)
-    quant_type: Literal["int8_weight_only", "int8_dynamic", "float8_weight_only", "float8_dynamic"] = (
-        "int8_weight_only"
-    )
+    components: Components = Field(("transformer",), **_COMPONENTS)
+    quant_type: Literal["int8_weight_only", "int8_dynamic", "float8_weight_only", "float8_dynamic"] = Field(
+        "int8_weight_only", **info(
+            "torchao type", "int8 weight-only halves bf16 weights; dynamic also quantizes activations (faster on "
+            "supported GPUs); float8 dynamic needs an Ada or Hopper GPU (sm89+).",
+            cuda={"float8_dynamic": "float8 dynamic activation quantization needs an Ada or Hopper GPU (sm89+)"}))
 
 
-class Quanto(_Settings):
+class Quanto(Settings):
     """optimum-quanto through diffusers `QuantoConfig`."""
 
+    model_config = variant("optimum-quanto", "Quantized weights from optimum-quanto (int8, int4, int2, float8).")
     backend: Literal["quanto"]
-    components: Components = ("transformer",)
-    weights: Literal["int8", "int4", "int2", "float8"] = "int8"
+    components: Components = Field(("transformer",), **_COMPONENTS)
+    weights: Literal["int8", "int4", "int2", "float8"] = Field("int8", **info(
+        "Weights", "Fewer bits: less memory, more quality loss."))
 
 
 QuantizationConfig = Annotated[
     Union[NoQuantization, BitsAndBytes4Bit, BitsAndBytes8Bit, TorchAo, Quanto],
     Field(discriminator="backend"),
 ]
-QUANTIZATION_BACKENDS = ("none", "bitsandbytes_4bit", "bitsandbytes_8bit", "torchao", "quanto")
 
 # ---------------------------------------------------------------------------------------------------- offload
 
+_NEEDS_ACCELERATOR = "diffusers onloads weights to an accelerator: it needs a CUDA GPU"
 
-class OffloadConfig(_Settings):
+
+class OffloadConfig(Settings):
     """Where weights live while they are not computing. Group options apply to `mode="group"` only."""
 
-    mode: Literal["none", "model_cpu", "sequential_cpu", "group"] = "none"
-    offload_type: Literal["block_level", "leaf_level"] = "block_level"
-    num_blocks_per_group: Annotated[int, Field(ge=1, le=100)] = 1
-    use_stream: bool = False
-    record_stream: bool = False
-    low_cpu_mem_usage: bool = False
-    offload_to_disk: bool = False
+    mode: Literal["none", "model_cpu", "sequential_cpu", "group"] = Field("none", **info(
+        "Offload", "Keep weights in CPU memory (or on disk) until needed: far less GPU memory, slower. model_cpu "
+        "moves each component to the GPU only while it runs; sequential_cpu moves leaf by leaf (least memory, "
+        "slowest); group moves groups of blocks or leaves. Offload runs also report host peak memory.",
+        labels={"none": "none", "model_cpu": "model CPU offload", "sequential_cpu": "sequential CPU offload",
+                "group": "group offload"},
+        cuda={"model_cpu": _NEEDS_ACCELERATOR, "sequential_cpu": _NEEDS_ACCELERATOR}))
+    offload_type: Literal["block_level", "leaf_level"] = Field("block_level", **info(
+        "Granularity", "block_level moves groups of N blocks; leaf_level moves each layer (least memory, most "
+        "transfers)."))
+    num_blocks_per_group: Annotated[int, Field(ge=1, le=100)] = Field(1, **info(
+        "Blocks per group", "block_level only: more blocks per transfer means fewer, bigger moves."))
+    use_stream: bool = Field(False, **info(
+        "Use CUDA streams", "Prefetch the next group on a CUDA stream so transfers overlap compute.",
+        cuda={True: "CUDA streams need a CUDA GPU"}))
+    record_stream: bool = Field(False, **info(
+        "Record stream", "Lets memory be freed earlier with streams (needs use_stream)."))
+    low_cpu_mem_usage: bool = Field(False, **info(
+        "Low CPU memory", "Pin host memory on the fly instead of up front: less host memory, slower transfers."))
+    offload_to_disk: bool = Field(False, **info(
+        "Offload to disk", "Groups wait on disk, not in RAM: least memory, slowest; cuts host memory on a CPU too. "
+        "Not with torchao or quanto weights."))
 
     @model_validator(mode="after")
     def _group_options(self) -> OffloadConfig:
@@ -289,6 +471,10 @@ class OffloadConfig(_Settings):
             raise ValueError("record_stream needs use_stream=true (diffusers: record_stream needs a stream)")
         if self.offload_type == "leaf_level" and self.num_blocks_per_group != 1:
             raise ValueError("num_blocks_per_group applies to offload_type 'block_level' only")
+        if self.use_stream and self.num_blocks_per_group != 1:
+            # diffusers (hooks/group_offloading.py) silently sets it to 1 when streams are used.
+            raise ValueError("num_blocks_per_group must be 1 with use_stream=true (diffusers prefetches one block "
+                             "per group on a stream)")
         return self
 
 
@@ -302,28 +488,48 @@ _GROUP_OPTIONS = (
 )
 
 
-class VaeConfig(_Settings):
+class VaeConfig(Settings):
     """Decode one image at a time (slicing) or tile by tile (tiling) to cut the VAE's peak memory."""
 
-    slicing: bool = False
-    tiling: bool = False
+    slicing: bool = Field(False, **info(
+        "VAE slicing", "Decode a batch one image at a time: lower peak memory for batches (the report warns when "
+        "there is only one image)."))
+    tiling: bool = Field(False, **info(
+        "VAE tiling", "Decode large images tile by tile: lower peak memory at large sizes; may show faint seams."))
 
 
 # ---------------------------------------------------------------------------------------------------- compile
 
 
-class CompileConfig(_Settings):
+class CompileConfig(Settings):
     """torch.compile of the transformer. `regional` compiles the repeated blocks only (much shorter compile)."""
 
-    mode: Literal["off", "regional", "full"] = "off"
-    inductor_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = "default"
-    # None = auto: one graph (fullgraph) unless a cache or group offload is on, whose hooks run outside the
+    mode: Literal["off", "regional", "full"] = Field("off", **info(
+        "torch.compile", "Fuse the transformer's kernels: faster steady state after a one-off compile (reported "
+        "apart). regional compiles one block and reuses it for every block (short compile, most of the speed); "
+        "full compiles the whole transformer.",
+        labels={"off": "off", "regional": "regional (repeated blocks)", "full": "full transformer"}))
+    inductor_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = Field(
+        "default", **info(
+            "Inductor mode", "max-autotune searches for the fastest kernels (long compile); reduce-overhead and "
+            "max-autotune record CUDA graphs on a GPU (not with caches or offload); max-autotune-no-cudagraphs "
+            "searches without them.",
+            cuda={"reduce-overhead": "reduce-overhead records CUDA graphs: it needs a CUDA GPU"}))
+    # None = auto: one graph (fullgraph) unless a cache or an offload hook is on, whose hooks run outside the
     # graph and need graph breaks (measured: every such pair fails with fullgraph=true).
-    fullgraph: bool | None = None
-    dynamic: bool | None = None
-    channels_last: bool = False
+    fullgraph: bool | None = Field(None, **info(
+        "Full graph", "on: one graph, fail on graph breaks (fastest); off: allow breaks; auto: on unless a cache or "
+        "offload needs breaks."))
+    dynamic: bool | None = Field(None, **info(
+        "Dynamic shapes", "auto lets torch decide; on avoids recompiles when sizes change.", advanced=True))
+    channels_last: bool = Field(False, **info(
+        "channels_last", "Convolution-friendly memory layout for components with convolutions (the VAE); "
+        "transformers have none, and the report says so."))
     # The seed's advice: capture dynamic output shapes for bitsandbytes, a large recompile cache with offloading.
-    recommended_dynamo_settings: bool = True
+    recommended_dynamo_settings: bool = Field(True, **info(
+        "Recommended dynamo settings", "The seed's advice: capture_dynamic_output_shape_ops with bitsandbytes, "
+        "cache_size_limit=1000 with offloading or a cache (whose hooks otherwise make dynamo give up after 8 "
+        "recompiles).", advanced=True))
 
     @model_validator(mode="after")
     def _off_means_off(self) -> CompileConfig:
@@ -342,7 +548,7 @@ class CompileConfig(_Settings):
 # -------------------------------------------------------------------------------------------------- together
 
 
-class OptimConfig(_Settings):
+class OptimConfig(Settings):
     """Everything the optimized side changes. The default changes nothing (the baseline)."""
 
     attention: AttentionConfig = AttentionConfig()
@@ -356,8 +562,28 @@ class OptimConfig(_Settings):
         return self == OptimConfig()
 
 
+def variants(union: Any, tag: str) -> dict[str, type[Settings]]:
+    """{tag value: class} of a discriminated union, in the union's order."""
+    members = get_args(get_args(union)[0]) if get_origin(union) is not Union else get_args(union)
+    return {get_args(cls.model_fields[tag].annotation)[0]: cls for cls in members}
+
+
+# Adding a cache method or a quantization backend: a class above, in its union; the rest follows from these.
+CACHE_VARIANTS = variants(CacheConfig, "method")
+QUANTIZATION_VARIANTS = variants(QuantizationConfig, "backend")
+CACHE_METHODS = tuple(CACHE_VARIANTS)
+# Plain sections of OptimConfig (one setting per field) and the unions (a tag picks the variant).
+SECTIONS: dict[str, type[Settings]] = {
+    "attention": AttentionConfig, "offload": OffloadConfig, "vae": VaeConfig, "compile": CompileConfig,
+}
+UNIONS: dict[str, tuple[str, dict[str, type[Settings]]]] = {
+    "cache": ("method", CACHE_VARIANTS), "quantization": ("backend", QUANTIZATION_VARIANTS),
+}
+
+
 # The keys whose value picks the variant of a union; `minimal_dict` always keeps them.
-_DISCRIMINATORS = {"cache": "method", "quantization": "backend"}
+_DISCRIMINATORS = {section: tag for section, (tag, _) in UNIONS.items()}
+_VARIANTS = {section: classes for section, (_, classes) in UNIONS.items()}
 
 
 def minimal_dict(settings: BaseModel) -> dict[str, Any]:
@@ -387,22 +613,7 @@ def _diff(full: dict[str, Any], default: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-_CACHE_VARIANTS: dict[str, type[_Settings]] = {
-    "none": NoCache,
-    "first_block_cache": FirstBlockCache,
-    "pyramid_attention_broadcast": PyramidAttentionBroadcast,
-    "faster_cache": FasterCache,
-    "mag_cache": MagCache,
-    "taylorseer": TaylorSeer,
-}
-_QUANT_VARIANTS: dict[str, type[_Settings]] = {
-    "none": NoQuantization,
-    "bitsandbytes_4bit": BitsAndBytes4Bit,
-    "bitsandbytes_8bit": BitsAndBytes8Bit,
-    "torchao": TorchAo,
-    "quanto": Quanto,
-}
-_VARIANTS = {"cache": _CACHE_VARIANTS, "quantization": _QUANT_VARIANTS}
+
 
 # --------------------------------------------------------------------------------------------------- parsing
 

@@ -71,6 +71,7 @@ class Comparison:
             "warmup_runs_s": side.warmup_s,
             "compile_s": side.compile_s,
             "compile_cold": side.details.get("compile_cold"),
+            "compiled_graphs": side.details.get("compiled_graphs"),
             "work_fraction": work_fraction,
             "work_per_step": work_per_step,
             "component_sizes_mb": side.component_sizes_mb,
@@ -154,13 +155,13 @@ def environment(run: ResolvedRun, isolation: str, side: SideResult) -> dict[str,
     return {
         "device": run.device,
         "device_name": side.device_name,
-        "python": info["python"],
-        "torch": info["torch"],
-        "diffusers": info["diffusers"],
-        "transformers": info["transformers"],
-        "cuda_version": info["cuda_version"],
-        "gpu_memory_gb": info["memory_gb"],
-        "cpu_count": info["cpu_count"],
+        "python": info.python,
+        "torch": info.torch,
+        "diffusers": info.diffusers,
+        "transformers": info.transformers,
+        "cuda_version": info.cuda_version,
+        "gpu_memory_gb": info.memory_gb,
+        "cpu_count": info.cpu_count,
         "isolation": isolation,
     }
 
@@ -170,7 +171,7 @@ def prepare(
 ) -> tuple[ModelRef, ResolvedRun]:
     """Everything that can fail without loading a model: resolve, fill defaults, check availability and pairs."""
     ref = resolve_model(run_spec.model, allow_local=allow_local, local_roots=local_roots)
-    run = resolve_run(run_spec, ref, cuda_available=capabilities.device_info()["cuda"])
+    run = resolve_run(run_spec, ref, cuda_available=capabilities.device_info().cuda)
     model = compat.describe_model(ref)
     compat.check(optim, run, model)
     return ref, run

@@ -16,7 +16,6 @@ Both sides run exactly this with the same resolved settings; the baseline simply
 from __future__ import annotations
 
 import gc
-import platform
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -27,12 +26,13 @@ import numpy as np
 from optim import config as C
 from optim import faults
 from optim.apply import apply_after_probe, apply_before_probe
+from optim.capabilities import device_name
 from optim.errors import Cancelled, OptimError, RunError
 from optim.generation import CallResult, call_kwargs, generate
 from optim.memory import MemoryProbe
-from optim.models import ModelRef, ResolvedRun, load_pipeline, read_model_index
+from optim.models import ModelRef, ResolvedRun, load_pipeline, model_components
 from optim.techniques import Applied
-from optim.techniques.quantization import build_quantization_config, component_sizes_mb, quantizable_components
+from optim.techniques.quantization import build_quantization_config, component_sizes_mb
 from optim.workcount import WorkCounter
 
 Progress = Callable[[str, int, int], None]  # (phase, done, total)
@@ -75,21 +75,6 @@ class SideResult:
         return statistics.median(self.latency_s)
 
 
-def device_name(device: str) -> str:
-    if device == "cuda":
-        import torch
-
-        return torch.cuda.get_device_name()
-    try:
-        with open("/proc/cpuinfo") as handle:
-            for line in handle:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def run_side(job: SideJob, progress: Progress | None = None, should_stop: Callable[[], bool] | None = None) -> SideResult:
     """Measure one side under the protocol. Raises `OptimError` subclasses with user-facing messages."""
     from optim.logs import quiet_progress_bars
@@ -113,11 +98,10 @@ def run_side(job: SideJob, progress: Progress | None = None, should_stop: Callab
         if not isinstance(optim.quantization, C.NoQuantization):
             # Built (and its library imported) before the memory baseline: importing torchao or quanto is not
             # memory the model uses.
-            libraries = quantizable_components(read_model_index(job.model))
-            quant_config = build_quantization_config(optim.quantization, libraries)
+            quant_config = build_quantization_config(optim.quantization, model_components(job.model))
         memory = MemoryProbe(run.device).start()
-        pipe = load_pipeline(job.model, dtype=run.dtype, quantization_config=quant_config, device=run.device)
-        if optim.offload.mode == "none" and job.model.kind != "synthetic":
+        pipe = load_pipeline(job.model, dtype=run.dtype, quantization_config=quant_config)
+        if optim.offload.mode == "none":
             pipe.to(run.device)
         load_s = time.perf_counter() - started
         pipe.set_progress_bar_config(disable=True)  # progress goes through `report`, not tqdm on stderr
@@ -142,6 +126,7 @@ def run_side(job: SideJob, progress: Progress | None = None, should_stop: Callab
         warmup_s = [probe.latency_s]
 
         phase = "compiling"
+        graphs_before = compiled_graph_count()
         apply_after_probe(pipe, optim, applied)
         compiled = optim.compile.mode != "off"
         compile_s = None
@@ -150,6 +135,9 @@ def run_side(job: SideJob, progress: Progress | None = None, should_stop: Callab
             result = generate(pipe, kwargs, seed=run.seed, device=run.device, on_step=lambda s, p=phase: on_step(s, p))
             warmup_s.append(result.latency_s)
 
+        if compiled:
+            # Proof that torch.compile really produced graphs (dynamo's own counter), not just that it was asked.
+            applied.details["compiled_graphs"] = compiled_graph_count() - graphs_before
         phase = "timed runs"
         fault = faults.requested(run.prompt, job.side)
         if fault:
@@ -208,6 +196,13 @@ def run_side(job: SideJob, progress: Progress | None = None, should_stop: Callab
                 import torch
 
                 torch.cuda.empty_cache()
+
+
+def compiled_graph_count() -> int:
+    """Graphs dynamo has compiled in this process so far (its `unique_graphs` counter)."""
+    from torch._dynamo.utils import counters
+
+    return int(counters["stats"]["unique_graphs"])
 
 
 def counter_step(counter: WorkCounter, on_step: Callable[[int, str], None]) -> Callable[[int], None]:

@@ -96,6 +96,8 @@ class MemoryProbe:
             import torch
 
             torch.cuda.synchronize()
+            # Cached blocks from loading and warm-up would otherwise count in the reserved peak.
+            torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats()
 
     def read(self) -> dict[str, float | None]:

@@ -16,15 +16,16 @@ from __future__ import annotations
 import json
 import os
 import re
-from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from optim.config import RunSpec
+from optim.data import ASSETS_DIR
 from optim.errors import ConfigError, ModelError
+from optim.model_types import ModelDefaults, ModelInfo, ModelRef, ResolvedRun
 
-ROOT = Path(__file__).resolve().parent.parent
-ASSETS_DIR = ROOT / "assets"
+__all__ = ["ModelDefaults", "ModelInfo", "ModelRef", "ResolvedRun"]
+
 EMBEDDED_MODEL = "embedded"
 EMBEDDED_PATH = ASSETS_DIR / "tiny-flux"
 SYNTHETIC_PREFIX = "synthetic:"
@@ -32,28 +33,6 @@ SYNTHETIC_PREFIX = "synthetic:"
 HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/[A-Za-z0-9][A-Za-z0-9_.-]{0,95}$")
 # Defaults a model folder may carry for this app (written by the embedded model's training script).
 DEFAULTS_FILE = "lab_defaults.json"
-
-
-@dataclass(frozen=True)
-class ModelRef:
-    """A model the user named, resolved: `kind` is embedded, local, hub or synthetic."""
-
-    name: str
-    kind: str
-    location: str
-
-
-@dataclass(frozen=True)
-class ModelDefaults:
-    """The run settings a model is meant to be used with (what `None` in a `RunSpec` becomes)."""
-
-    prompt: str = "a photo of a cat"
-    negative_prompt: str | None = None
-    steps: int = 28
-    width: int = 1024
-    height: int = 1024
-    guidance_scale: float = 3.5
-    max_sequence_length: int | None = None
 
 
 # Popular diffusers models offered in the app, with the settings their model cards recommend.
@@ -64,28 +43,6 @@ POPULAR_MODELS: dict[str, ModelDefaults] = {
     "Qwen/Qwen-Image": ModelDefaults(steps=50, guidance_scale=4.0, width=1328, height=1328),
     "THUDM/CogView4-6B": ModelDefaults(steps=50, guidance_scale=3.5),
 }
-
-
-@dataclass(frozen=True)
-class ResolvedRun:
-    """A `RunSpec` with every default filled in: the exact settings both sides run with."""
-
-    model: str
-    prompt: str
-    negative_prompt: str | None
-    seed: int
-    steps: int
-    width: int
-    height: int
-    guidance_scale: float
-    max_sequence_length: int | None
-    dtype: str
-    device: str
-    warmup_runs: int
-    timed_runs: int
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 # ------------------------------------------------------------------------------------------------ resolution
@@ -209,10 +166,6 @@ def resolve_run(run: RunSpec, ref: ModelRef, *, cuda_available: bool) -> Resolve
     )
 
 
-def with_model(run: ResolvedRun, **changes: Any) -> ResolvedRun:
-    return replace(run, **changes)
-
-
 # ------------------------------------------------------------------------------------------------- loading
 
 
@@ -291,30 +244,41 @@ def download_model(ref: ModelRef) -> None:
         raise ModelError(_hub_message(ref.location, error)) from None
 
 
-def load_pipeline(ref: ModelRef, *, dtype: str, quantization_config: Any = None, device: str = "cpu") -> Any:
-    """Load the pipeline with `from_pretrained` (safetensors only, no remote code); synthetic ones are built."""
-    import torch
-
-    torch_dtype = getattr(torch, dtype)
+def model_components(ref: ModelRef) -> dict[str, str]:
+    """{component: library} of every component that holds weights (what quantization may target)."""
     if ref.kind == "synthetic":
-        from optim.synthetic import build_synthetic_pipeline
+        from optim.synthetic import SYNTHETIC_MODELS
 
-        return build_synthetic_pipeline(ref.location, torch_dtype=torch_dtype, device=device)
+        return SYNTHETIC_MODELS[ref.location].components()
+    from optim.techniques.quantization import quantizable_components
 
+    return quantizable_components(read_model_index(ref))
+
+
+def load_pipeline(ref: ModelRef, *, dtype: str, quantization_config: Any = None) -> Any:
+    """Load the pipeline with `from_pretrained` (safetensors only, no remote code). A synthetic model is written
+    to the model cache first (once), then loaded from there like any local folder."""
+    import torch
     from diffusers import DiffusionPipeline
 
-    read_model_index(ref)
-    kwargs: dict[str, Any] = {"torch_dtype": torch_dtype, "use_safetensors": True}
+    location = ref.location
+    if ref.kind == "synthetic":
+        from optim.synthetic import synthetic_model_path
+
+        location = str(synthetic_model_path(ref.location))
+    else:
+        read_model_index(ref)
+    kwargs: dict[str, Any] = {"torch_dtype": getattr(torch, dtype), "use_safetensors": True}
     if quantization_config is not None:
         kwargs["quantization_config"] = quantization_config
-    if ref.kind in ("embedded", "local"):
+    if ref.kind != "hub":
         kwargs["local_files_only"] = True
     try:
-        return DiffusionPipeline.from_pretrained(ref.location, **kwargs)
+        return DiffusionPipeline.from_pretrained(location, **kwargs)
     except (OSError, EnvironmentError, ValueError) as error:
         if ref.kind == "hub":
             raise ModelError(_hub_message(ref.location, error)) from None
-        raise ModelError(f"model {ref.name!r} could not be loaded from {ref.location}: {_first_line(error)}") from None
+        raise ModelError(f"model {ref.name!r} could not be loaded from {location}: {_first_line(error)}") from None
 
 
 def _hub_message(model_id: str, error: Exception) -> str:

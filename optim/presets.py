@@ -18,22 +18,24 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, ValidationError
 
-from optim.config import OptimConfig, _Settings, format_validation_error, minimal_dict
+from optim.config import OptimConfig, Settings, format_validation_error, info, minimal_dict
+from optim.data import PRESETS_DIR
 from optim.errors import ConfigError
 
 SCHEMA_VERSION = 1
-PRESETS_DIR = Path(__file__).resolve().parent.parent / "presets"
 # A preset is a few hundred bytes; anything far larger is a mistake or an attack.
 MAX_PRESET_BYTES = 64 * 1024
 NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,63}$"
 
 
-class Preset(_Settings):
+class Preset(Settings):
     """A named, described set of optimizations and the hardware it needs ("any" or "cuda")."""
 
     schema_version: Literal[1]
-    name: Annotated[str, Field(pattern=NAME_PATTERN)]
-    description: Annotated[str, Field(max_length=500)] = ""
+    name: Annotated[str, Field(pattern=NAME_PATTERN)] = Field(
+        ..., **info("Preset name", "Names the file, the saved preset and the share link."))
+    description: Annotated[str, Field(max_length=500)] = Field(
+        "", **info("Description", "What these settings are for."))
     hardware: Literal["any", "cuda"] = "any"
     optim: OptimConfig = OptimConfig()
 

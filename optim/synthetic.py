@@ -3,18 +3,31 @@ download, so that latency and memory on a real GPU can be measured anywhere (a S
 machine without network). The images are noise; only speed and memory mean anything, and only on a GPU: on a
 CPU these models do not fit in memory or take minutes per step.
 
-Weights are created on the meta device and materialized directly on the target device with a seeded normal
-initialization (norm weights 1, biases 0), so building FLUX.1-dev takes seconds on a GPU.
+A synthetic model is written once as an ordinary diffusers folder (configs, tokenizers, safetensors weights) in
+the model cache, then loaded with `DiffusionPipeline.from_pretrained` like any Hub model: quantization at load,
+tied weights, buffers and dtype conversion all take the path a real model takes. Writing streams one shard at a
+time: every tensor is made directly in its final dtype (bfloat16), so memory never holds more than one shard and
+never an fp32 copy of the 12 B-parameter transformer.
 
-    >>> pipe = build_synthetic_pipeline("flux-dev", torch_dtype=torch.bfloat16, device="cuda")  # doctest: +SKIP
+    >>> folder = synthetic_model_path("flux-dev")            # doctest: +SKIP  (about 33 GB, once)
+    >>> pipe = DiffusionPipeline.from_pretrained(folder, torch_dtype=torch.bfloat16)   # doctest: +SKIP
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import tempfile
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import Any, Callable, Iterator
 
-from optim.models import ModelDefaults
+from optim.errors import ModelError
+from optim.model_types import ModelDefaults, ModelInfo
 
 # FLUX.1-dev's published configs (black-forest-labs/FLUX.1-dev: transformer/, vae/, text_encoder/, text_encoder_2/).
 FLUX_TRANSFORMER = dict(
@@ -81,42 +94,64 @@ FLUX_SCHEDULER = dict(
     max_image_seq_len=4096,
 )
 
+# Weights are written in this dtype (the published one); `from_pretrained(torch_dtype=...)` converts on load.
+WEIGHTS_DTYPE = "bfloat16"
+SHARD_BYTES = 2 * 1024**3
+
+
+@dataclass(frozen=True)
+class Part:
+    """One component of a pipeline folder: its library, class and config (transformers: the config class too)."""
+
+    library: str  # "diffusers" or "transformers"
+    class_name: str
+    config: dict[str, Any]
+    config_class: str | None = None  # transformers only
+
 
 @dataclass(frozen=True)
 class SyntheticModel:
     description: str
     defaults: ModelDefaults
-    transformer: dict[str, Any] = field(default_factory=dict)
+    pipeline: str
+    parts: dict[str, Part]
+    tokenizers: dict[str, Callable[[], Any]] = field(default_factory=dict)
+    scheduler: tuple[str, dict[str, Any]] = ("FlowMatchEulerDiscreteScheduler", FLUX_SCHEDULER)
 
-    def describe(self, name: str) -> dict[str, Any]:
-        """What `optim.compat` needs, as `describe_model` gives it for real models."""
-        return {
-            "synthetic": name,
-            "pipeline": "FluxPipeline",
-            "transformer": "FluxTransformer2DModel",
-            "guidance_embeds": bool(self.transformer["guidance_embeds"]),
-            "guidance": "distilled" if self.transformer["guidance_embeds"] else "true_cfg",
-            "components": {
-                "transformer": "diffusers",
-                "vae": "diffusers",
-                "text_encoder": "transformers",
-                "text_encoder_2": "transformers",
-            },
+    @property
+    def transformer(self) -> dict[str, Any]:
+        return self.parts["transformer"].config
+
+    def describe(self, name: str) -> ModelInfo:
+        """What `optim.compat` needs, as `describe_model` gives it for real models (no weights are written)."""
+        embeds = bool(self.transformer.get("guidance_embeds", False))
+        return ModelInfo(
+            pipeline=self.pipeline,
+            transformer=self.parts["transformer"].class_name,
+            guidance="distilled" if embeds else "true_cfg",
+            components=self.components(),
+            guidance_embeds=embeds,
+            attention_head_dim=self.transformer.get("attention_head_dim"),
+            synthetic=name,
+        )
+
+    def components(self) -> dict[str, str]:
+        """{component: library} of every part that holds weights."""
+        return {name: part.library for name, part in self.parts.items()}
+
+    def fingerprint(self) -> str:
+        """Changes whenever the folder's contents would: the configs and the libraries that write them."""
+        import diffusers
+        import transformers
+
+        data = {
+            "pipeline": self.pipeline,
+            "parts": {name: [p.library, p.class_name, p.config, p.config_class] for name, p in self.parts.items()},
+            "tokenizers": sorted(self.tokenizers),
+            "scheduler": self.scheduler,
+            "versions": [diffusers.__version__, transformers.__version__, WEIGHTS_DTYPE, 1],
         }
-
-
-SYNTHETIC_MODELS: dict[str, SyntheticModel] = {
-    "flux-dev": SyntheticModel(
-        description="FLUX.1-dev's architecture (12B transformer, T5-XXL, CLIP-L, 16-channel VAE), random weights",
-        defaults=ModelDefaults(steps=28, width=1024, height=1024, guidance_scale=3.5, max_sequence_length=512),
-        transformer=FLUX_TRANSFORMER,
-    ),
-    "flux-schnell": SyntheticModel(
-        description="FLUX.1-schnell's architecture (no guidance embeddings), random weights",
-        defaults=ModelDefaults(steps=4, width=1024, height=1024, guidance_scale=0.0, max_sequence_length=256),
-        transformer={**FLUX_TRANSFORMER, "guidance_embeds": False},
-    ),
-}
+        return hashlib.sha256(json.dumps(data, sort_keys=True, default=list).encode()).hexdigest()[:12]
 
 
 def _clip_tokenizer() -> Any:
@@ -144,57 +179,198 @@ def _t5_tokenizer() -> Any:
     return tokenizer
 
 
-def _materialize(module: Any, device: str, dtype: Any, seed: int) -> Any:
-    """Allocate a meta-device module on `device` and fill it: normal(0, 0.02), norms 1, biases 0."""
+# The special tokens' ids in the tokenizers above (CLIP: 256 byte characters, 256 end-of-word ones, then
+# <|startoftext|> and <|endoftext|>, which also pads; T5: <pad> 0, </s> 1). CLIP finds its pooled output by them.
+CLIP_TOKEN_IDS = dict(bos_token_id=512, eos_token_id=513, pad_token_id=513)
+T5_TOKEN_IDS = dict(pad_token_id=0, eos_token_id=1)
+
+
+def flux_parts(transformer: dict[str, Any], *, clip: dict[str, Any] = CLIP_L, t5: dict[str, Any] = T5_XXL,
+               vae: dict[str, Any] = FLUX_VAE) -> dict[str, Part]:
+    """The components of a FluxPipeline folder with these dimensions."""
+    return {
+        "transformer": Part("diffusers", "FluxTransformer2DModel", transformer),
+        "vae": Part("diffusers", "AutoencoderKL", vae),
+        "text_encoder": Part("transformers", "CLIPTextModel", {**clip, **CLIP_TOKEN_IDS}, "CLIPTextConfig"),
+        "text_encoder_2": Part("transformers", "T5EncoderModel", {**t5, **T5_TOKEN_IDS}, "T5Config"),
+    }
+
+
+FLUX_TOKENIZERS = {"tokenizer": _clip_tokenizer, "tokenizer_2": _t5_tokenizer}
+
+SYNTHETIC_MODELS: dict[str, SyntheticModel] = {
+    "flux-dev": SyntheticModel(
+        description="FLUX.1-dev's architecture (12B transformer, T5-XXL, CLIP-L, 16-channel VAE), random weights",
+        defaults=ModelDefaults(steps=28, width=1024, height=1024, guidance_scale=3.5, max_sequence_length=512),
+        pipeline="FluxPipeline",
+        parts=flux_parts(FLUX_TRANSFORMER),
+        tokenizers=FLUX_TOKENIZERS,
+    ),
+    "flux-schnell": SyntheticModel(
+        description="FLUX.1-schnell's architecture (no guidance embeddings), random weights",
+        defaults=ModelDefaults(steps=4, width=1024, height=1024, guidance_scale=0.0, max_sequence_length=256),
+        pipeline="FluxPipeline",
+        parts=flux_parts({**FLUX_TRANSFORMER, "guidance_embeds": False}),
+        tokenizers=FLUX_TOKENIZERS,
+    ),
+}
+
+
+# --------------------------------------------------------------------------------------------- writing a folder
+
+
+def model_cache_dir() -> Path:
+    """Where generated models are kept: $OPTIM_MODEL_CACHE, else ~/.cache/optim-lab."""
+    return Path(os.environ.get("OPTIM_MODEL_CACHE") or Path.home() / ".cache" / "optim-lab")
+
+
+def synthetic_model_path(key: str) -> Path:
+    """The folder of synthetic model `key`, written on first use (a few GB to tens of GB: see `weights_bytes`)."""
+    model = SYNTHETIC_MODELS[key]
+    return ensure_written(model, model_cache_dir() / "synthetic" / f"{key}-{model.fingerprint()}")
+
+
+def ensure_written(model: SyntheticModel, folder: Path, *, seed: int = 0) -> Path:
+    """Write `model` into `folder` unless it is already there. Safe when several processes ask at once (a lock;
+    the folder appears complete or not at all)."""
+    if (folder / "model_index.json").is_file():
+        return folder
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with _locked(folder.parent / f".{folder.name}.lock"):
+        if (folder / "model_index.json").is_file():
+            return folder
+        need = weights_bytes(model)
+        free = shutil.disk_usage(folder.parent).free
+        if free < need * 1.05 + 256 * 1024**2:
+            raise ModelError(
+                f"writing the synthetic model needs {need / 1024**3:.1f} GB free in {folder.parent} "
+                f"({free / 1024**3:.1f} GB free); set OPTIM_MODEL_CACHE to a folder on a larger disk"
+            )
+        staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
+        try:
+            write_model(model, staging, seed=seed)
+            os.replace(staging, folder)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    return folder
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def build_on_meta(part: Part) -> Any:
+    """The component with its weights on the meta device (no memory); buffers stay real, so buffers such as
+    CLIP's position ids keep their values."""
+    import diffusers
+    import transformers
+    from accelerate import init_empty_weights
+
+    with init_empty_weights(include_buffers=False):
+        if part.library == "diffusers":
+            return getattr(diffusers, part.class_name)(**part.config)
+        config = getattr(transformers, part.config_class)(**part.config)
+        module = getattr(transformers, part.class_name)(config)
+    # init_empty_weights re-creates every parameter it registers, which unties tied ones (T5's shared input
+    # embedding); tie them again so the tensor is written once and the loader ties it back.
+    module.tie_weights()
+    return module
+
+
+def weights_bytes(model: SyntheticModel) -> int:
+    """Bytes of the weights written (each tensor once, in WEIGHTS_DTYPE)."""
     import torch
 
-    if device == "meta":
-        return module.to(dtype=dtype)
-    module = module.to_empty(device=device)
-    generator = torch.Generator(device=device).manual_seed(seed)
-    with torch.no_grad():
-        for name, parameter in module.named_parameters():
-            if name.endswith("bias"):
-                parameter.zero_()
-            elif parameter.dim() == 1:
-                parameter.fill_(1.0)
-            else:
-                parameter.normal_(0.0, 0.02, generator=generator)
-        for name, buffer in module.named_buffers():
-            if buffer.is_floating_point() and not torch.isfinite(buffer).all():
-                buffer.zero_()
-    return module.to(dtype=dtype).eval()
+    size = torch.tensor([], dtype=getattr(torch, WEIGHTS_DTYPE)).element_size()
+    return sum(tensor.numel() * size for part in model.parts.values() for _, tensor in _tensors(build_on_meta(part)))
 
 
-def build_synthetic_pipeline(key: str, *, torch_dtype: Any, device: str) -> Any:
-    """The synthetic pipeline `key` on `device` ("meta" builds it without allocating, for inspection)."""
-    from accelerate import init_empty_weights
-    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
-    from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
+def _tensors(module: Any) -> list[tuple[str, Any]]:
+    """(name, tensor) of everything the component's state dict holds, tied weights once (the loader ties them)."""
+    seen: set[int] = set()
+    out = []
+    for name, tensor in module.state_dict(keep_vars=True).items():
+        if id(tensor) in seen:
+            continue
+        seen.add(id(tensor))
+        out.append((name, tensor))
+    return out
 
-    model = SYNTHETIC_MODELS[key]
-    tokenizer, tokenizer_2 = _clip_tokenizer(), _t5_tokenizer()
-    with init_empty_weights(include_buffers=False):
-        transformer = FluxTransformer2DModel(**model.transformer)
-        vae = AutoencoderKL(**FLUX_VAE)
-        text_encoder = CLIPTextModel(
-            CLIPTextConfig(
-                **CLIP_L,
-                bos_token_id=tokenizer.bos_token_id,
-                eos_token_id=tokenizer.eos_token_id,
-                pad_token_id=tokenizer.pad_token_id,
-            )
-        )
-        text_encoder_2 = T5EncoderModel(
-            T5Config(**T5_XXL, pad_token_id=tokenizer_2.pad_token_id, eos_token_id=tokenizer_2.eos_token_id)
-        )
-    text_encoder_2.tie_weights()  # T5 shares its input embedding; under init_empty_weights it is not tied yet
-    parts = {"transformer": transformer, "vae": vae, "text_encoder": text_encoder, "text_encoder_2": text_encoder_2}
-    for offset, (name, module) in enumerate(parts.items()):
-        parts[name] = _materialize(module, device, torch_dtype, seed=offset)
-    return FluxPipeline(
-        scheduler=FlowMatchEulerDiscreteScheduler(**FLUX_SCHEDULER),
-        tokenizer=tokenizer,
-        tokenizer_2=tokenizer_2,
-        **parts,
-    )
+
+def write_model(model: SyntheticModel, folder: Path, *, seed: int = 0, shard_bytes: int = SHARD_BYTES) -> None:
+    """Write a complete diffusers folder: model_index.json, every part (config + random weights), the tokenizers
+    and the scheduler."""
+    import diffusers
+
+    index: dict[str, Any] = {"_class_name": model.pipeline, "_diffusers_version": diffusers.__version__}
+    for offset, (name, part) in enumerate(model.parts.items()):
+        module = build_on_meta(part)
+        (folder / name).mkdir(parents=True)
+        if part.library == "diffusers":
+            module.save_config(folder / name)
+            prefix = "diffusion_pytorch_model"
+        else:
+            module.config.architectures = [part.class_name]
+            module.config.save_pretrained(folder / name)
+            prefix = "model"
+        _write_weights(module, folder / name, prefix, seed=seed + offset, shard_bytes=shard_bytes)
+        index[name] = [part.library, part.class_name]
+        del module
+    for name, make in model.tokenizers.items():
+        tokenizer = make()
+        tokenizer.save_pretrained(folder / name)
+        index[name] = ["transformers", type(tokenizer).__name__]
+    scheduler_class, scheduler_config = model.scheduler
+    getattr(diffusers, scheduler_class)(**scheduler_config).save_pretrained(folder / "scheduler")
+    index["scheduler"] = ["diffusers", scheduler_class]
+    (folder / "model_index.json").write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+
+
+def _random_tensor(name: str, tensor: Any, dtype: Any, generator: Any) -> Any:
+    """normal(0, 0.02) for matrices, 1 for norm scales (1-D weights), 0 for biases; made in `dtype` directly."""
+    import torch
+
+    if tensor.device.type != "meta":  # a real buffer (kept as the model's constructor made it)
+        return tensor.detach().to(dtype) if tensor.is_floating_point() else tensor.detach().clone()
+    out = torch.empty(tensor.shape, dtype=dtype if tensor.is_floating_point() else tensor.dtype)
+    if name.endswith("bias"):
+        return out.zero_()
+    if tensor.dim() <= 1:
+        return out.fill_(1.0)
+    return out.normal_(0.0, 0.02, generator=generator)
+
+
+def _write_weights(module: Any, folder: Path, prefix: str, *, seed: int, shard_bytes: int) -> None:
+    """Random weights as safetensors shards of at most `shard_bytes` (+ the index diffusers/transformers read)."""
+    import torch
+    from safetensors.torch import save_file
+
+    dtype = getattr(torch, WEIGHTS_DTYPE)
+    generator = torch.Generator().manual_seed(seed)
+    shards: list[list[str]] = [[]]
+    sizes: list[int] = [0]
+    tensors = _tensors(module)
+    for name, tensor in tensors:
+        nbytes = tensor.numel() * torch.tensor([], dtype=dtype if tensor.is_floating_point() else tensor.dtype).element_size()
+        if shards[-1] and sizes[-1] + nbytes > shard_bytes:
+            shards.append([])
+            sizes.append(0)
+        shards[-1].append(name)
+        sizes[-1] += nbytes
+    by_name = dict(tensors)
+    weight_map = {}
+    for number, names in enumerate(shards, start=1):
+        file = f"{prefix}.safetensors" if len(shards) == 1 else f"{prefix}-{number:05d}-of-{len(shards):05d}.safetensors"
+        shard = {name: _random_tensor(name, by_name[name], dtype, generator).contiguous() for name in names}
+        save_file(shard, str(folder / file), metadata={"format": "pt"})
+        weight_map.update({name: file for name in names})
+        del shard
+    if len(shards) > 1:
+        index = {"metadata": {"total_size": sum(sizes)}, "weight_map": weight_map}
+        (folder / f"{prefix}.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")

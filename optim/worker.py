@@ -2,10 +2,18 @@
 global backends, compiled graphs, allocator caches) can leak into the other, and a hard crash in the GPU work (a
 segfault, the kernel's OOM killer) costs one comparison instead of the server.
 
-Processes are forked from a zygote (`optim.zygote`) that has already imported torch and diffusers, so starting a
-side costs a fork, not a 5-second import. The zygote never touches CUDA, so each child initializes CUDA itself.
-The child reports progress and its result (or a user-facing error) through a socket; the parent can kill it at
-any time (cancellation), which frees everything it held.
+How a side's process starts depends on the machine (`start_method()`):
+
+* "fork" (the installed torch cannot use a GPU): forked from a zygote (`optim.zygote`) that has imported torch
+  and diffusers once, so starting a side costs a fork, not a 5-second import.
+* "spawn" (a torch that can use CUDA or ROCm, or macOS): a process must never fork after CUDA was initialized,
+  and importing diffusers initializes it (diffusers -> bitsandbytes -> `torch.cuda.get_device_capability`). Each
+  side gets a fresh interpreter instead, taken from a pool of spares (`optim.spare`) that were started ahead of
+  time and have done their imports, so a comparison does not wait for them.
+
+`OPTIM_WORKER_START=fork|spawn` overrides the choice. The child reports progress and its result (or a
+user-facing error) through a socket; the parent can kill it at any time (cancellation), which frees everything
+it held.
 
 Example:
     >>> result = run_in_subprocess(job)              # doctest: +SKIP
@@ -13,6 +21,7 @@ Example:
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import signal
@@ -20,6 +29,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from multiprocessing.connection import Connection
 from typing import Any, Callable
 
@@ -27,8 +37,72 @@ from optim import errors, scratch
 from optim.errors import Cancelled, OptimError, WorkerCrashed
 from optim.measure import Progress, SideJob, SideResult
 
-# Imported once in the zygote; children inherit them already loaded.
+# Imported once in the zygote or the spares; children start with them already loaded.
 PRELOAD = ["optim.worker_preload"]
+START_METHODS = ("fork", "spawn")
+# How long a spare may take to import torch and diffusers before it counts as broken.
+SPARE_READY_TIMEOUT_S = 300.0
+
+
+def start_method(environ: dict[str, str] | None = None) -> str:
+    """"fork" where forking after the imports is safe (a torch build without GPU support, on Linux), else "spawn".
+
+    Decided from the torch *build*, never by asking the driver: `torch.cuda.is_available()` itself may initialize
+    CUDA in this process."""
+    env = os.environ if environ is None else environ
+    chosen = env.get("OPTIM_WORKER_START", "auto").strip().lower()
+    if chosen in START_METHODS:
+        return chosen
+    if chosen not in ("", "auto"):
+        raise errors.ConfigError(f"OPTIM_WORKER_START={chosen!r} is not one of auto, fork, spawn")
+    import torch
+
+    gpu_build = bool(getattr(torch.version, "cuda", None) or getattr(torch.version, "hip", None))
+    if gpu_build or sys.platform != "linux":
+        return "spawn"
+    return "fork"
+
+
+def _command(module: str, *args: str) -> list[str]:
+    """`python -c ...` running `module` as __main__ with this process's `sys.path` (what multiprocessing's spawn
+    does too), so a zygote or spare imports the same code as we do, installed or run from a checkout."""
+    bootstrap = ("import json, runpy, sys; sys.path[:] = json.loads(sys.argv.pop(1)); "
+                 f"runpy.run_module({module!r}, run_name='__main__', alter_sys=True)")
+    return [sys.executable, "-c", bootstrap, json.dumps(sys.path), *args]
+
+
+class Child:
+    """One side's process as the parent sees it: ("pid", pid) first, then whatever the target sends, then
+    ("exit", status) once it has ended (status < 0: killed by that signal)."""
+
+    def __init__(self, connection: Connection, process: subprocess.Popen | None = None) -> None:
+        self.connection = connection
+        self._process = process  # spawned spares only; the zygote reports pid and exit in-band
+        self._pending: list[tuple[str, Any]] = [("pid", process.pid)] if process is not None else []
+        self._ended = False
+
+    def poll(self, timeout: float) -> bool:
+        return bool(self._pending) or self._ended is False and self.connection.poll(timeout)
+
+    def recv(self) -> tuple[str, Any]:
+        if self._pending:
+            return self._pending.pop(0)
+        try:
+            return self.connection.recv()
+        except (EOFError, OSError):
+            if self._process is None:
+                raise
+            self._ended = True
+            return ("exit", self._process.wait())  # -N: killed by signal N, as the zygote reports it
+
+    def close(self) -> None:
+        self.connection.close()
+        if self._process is not None and self._process.poll() is None:
+            try:
+                self._process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+                self._process.wait()
 
 
 class _Zygote:
@@ -43,21 +117,17 @@ class _Zygote:
         if self._process is not None and self._process.poll() is None:
             return
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-        environment = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
         self._process = subprocess.Popen(
-            [sys.executable, "-m", "optim.zygote", str(theirs.fileno()), *PRELOAD],
+            _command("optim.zygote", str(theirs.fileno()), *PRELOAD),
             pass_fds=[theirs.fileno()],
-            env=environment,
             stdin=subprocess.DEVNULL,
             start_new_session=True,  # a Ctrl-C in the terminal reaches the parent only
         )
         theirs.close()
         self._control = ours
 
-    def start(self, module: str, function: str, argument: Any) -> Connection:
-        """Fork a child that runs `module.function(argument, connection)`; return our end of its connection."""
-        job = {"module": module, "function": function, "argument": argument, "environment": dict(os.environ)}
+    def start(self, job: dict[str, Any]) -> Child:
+        """Fork a child that runs `job`; return its `Child`."""
         payload = pickle.dumps(job)
         with self._lock:
             self._ensure_running()
@@ -66,7 +136,7 @@ class _Zygote:
                 socket.send_fds(self._control, [payload], [theirs.fileno()])
             finally:
                 theirs.close()
-        return Connection(ours.detach())
+        return Child(Connection(ours.detach()))
 
     def stop(self) -> None:
         with self._lock:
@@ -81,14 +151,121 @@ class _Zygote:
                 self._process = None
 
 
-_zygote = _Zygote()
+class _Spare:
+    def __init__(self) -> None:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.process = subprocess.Popen(
+            _command("optim.spare", str(theirs.fileno()), *PRELOAD),
+            pass_fds=[theirs.fileno()],
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        theirs.close()
+        self.connection = Connection(ours.detach())
+        self.started = time.monotonic()
+
+    def wait_ready(self, timeout: float) -> bool:
+        """True once the spare has done its imports; False if it died or took too long."""
+        try:
+            if self.connection.poll(timeout):
+                kind, _ = self.connection.recv()
+                return kind == "ready"
+        except (EOFError, OSError):
+            pass
+        return False
+
+    def discard(self) -> None:
+        self.connection.close()
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait()
+
+
+class SparePool:
+    """Spawned worker processes that have already imported torch and diffusers, `size` of them kept waiting.
+
+    Taking one starts its replacement at once, so the next side (or the other side of the same comparison) finds
+    a spare whose imports are done or under way."""
+
+    def __init__(self, size: int = 2) -> None:
+        self.size = max(1, size)
+        self._lock = threading.Lock()
+        self._spares: list[_Spare] = []
+
+    def _fill(self) -> None:
+        self._spares = [s for s in self._spares if s.process.poll() is None]
+        while len(self._spares) < self.size:
+            self._spares.append(_Spare())
+
+    def prestart(self) -> None:
+        """Start the spares now (a server does this at launch, so its first comparison does not wait)."""
+        with self._lock:
+            self._fill()
+
+    def start(self, job: dict[str, Any]) -> Child:
+        with self._lock:
+            self._fill()
+            spare = self._spares.pop(0)
+            self._fill()
+        if not spare.wait_ready(SPARE_READY_TIMEOUT_S):
+            spare.discard()
+            raise WorkerCrashed(
+                "a worker process could not start (importing torch and diffusers failed or took more than "
+                f"{SPARE_READY_TIMEOUT_S:.0f} s); run `python -m optim capabilities` to check the installation"
+            )
+        spare.connection.send(job)
+        return Child(spare.connection, spare.process)
+
+    def stop(self) -> None:
+        with self._lock:
+            for spare in self._spares:
+                spare.discard()
+            self._spares = []
+
+
+class Launcher:
+    """Starts side processes the way this machine allows (`start_method()`), chosen on first use."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._method: str | None = None
+        self._zygote = _Zygote()
+        self._spares = SparePool(int(os.environ.get("OPTIM_SPARE_WORKERS", "2") or 2))
+
+    @property
+    def method(self) -> str:
+        with self._lock:
+            if self._method is None:
+                self._method = start_method()
+            return self._method
+
+    def prestart(self) -> None:
+        """Get the zygote or the spares going ahead of the first comparison."""
+        if self.method == "spawn":
+            self._spares.prestart()
+
+    def start(self, module: str, function: str, argument: Any) -> Child:
+        """A new process that runs `module.function(argument, connection)`."""
+        job = {"module": module, "function": function, "argument": argument, "environment": dict(os.environ)}
+        if self.method == "spawn":
+            return self._spares.start(job)
+        return self._zygote.start(job)
+
+    def stop(self) -> None:
+        self._zygote.stop()
+        self._spares.stop()
+
+
+launcher = Launcher()
 
 
 def side_child(job: SideJob, connection: Connection) -> None:
     """Runs in the forked child: measure the side, send progress and the result or the error."""
     from optim.measure import run_side
 
-    if job.memory_limit_mb:
+    if job.memory_limit_mb and job.run.device != "cuda":
+        # On CUDA the cap is not applied: the driver maps far more address space than it uses, and an address
+        # space limit makes CUDA's initialization itself fail.
         limit_memory(job.memory_limit_mb)
     try:
         result = run_side(job, progress=lambda phase, done, total: connection.send(("progress", (phase, done, total))))
@@ -139,7 +316,7 @@ def run_in_subprocess(
     poll_s: float = 0.05,
 ) -> SideResult:
     """Run `measure.run_side(job)` in a fresh process; return its result or raise its error here."""
-    connection = _zygote.start(__name__, "side_child", job)
+    child = launcher.start(__name__, "side_child", job)
     pid: int | None = None
     outcome: Any = None
     status: int | None = None
@@ -150,10 +327,10 @@ def run_in_subprocess(
                 cancelled = True
                 if pid is not None:
                     _kill(pid)
-            if not connection.poll(poll_s):
+            if not child.poll(poll_s):
                 continue
             try:
-                kind, payload = connection.recv()
+                kind, payload = child.recv()
             except (EOFError, OSError):
                 break
             if kind == "pid":
@@ -171,7 +348,7 @@ def run_in_subprocess(
     finally:
         if status is None and pid is not None:
             _kill(pid)
-        connection.close()
+        child.close()
         if pid is not None and status != 0:
             # A killed or crashed child never ran its undo; what it wrote to disk is ours to delete.
             scratch.remove_folders_of(pid)

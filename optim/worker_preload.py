@@ -1,8 +1,10 @@
-"""Imported once by the worker zygote (`optim.zygote`) so every side's process starts with torch and diffusers
-loaded.
+"""Imported once by the worker zygote (`optim.zygote`) or by each spare (`optim.spare`), so every side's process
+starts with torch and diffusers loaded.
 
-Importing must not initialize CUDA or start thread pools (a fork would inherit them half-made); plain imports
-do neither.
+On a CPU-only torch nothing here can initialize CUDA, so the zygote may fork after it. Where torch can use CUDA
+these imports DO initialize it (diffusers imports bitsandbytes, which calls `torch.cuda.get_device_capability`
+at import), which is why `optim.worker.start_method()` never forks there: spares import this and run one side
+each, in the same process. Importing starts no thread pools.
 """
 
 from optim.logs import quiet_libraries

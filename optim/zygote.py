@@ -12,7 +12,9 @@ Protocol, on Unix sockets:
   ("exit", status) and closes it. status < 0 means killed by that signal.
 
 The zygote is single-threaded (forking a threaded process can deadlock the child) and exits when the parent
-closes the control socket.
+closes the control socket. It is used only where the installed torch cannot use a GPU (`optim.worker.start_method`):
+on a machine with CUDA, importing diffusers initializes CUDA (through bitsandbytes), and a process must never fork
+after that; spare processes (`optim.spare`) are spawned there instead.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ def _exit_status(status: int) -> int:
     return os.WEXITSTATUS(status)
 
 
-def _run_child(job: dict, connection: Connection) -> None:
+def run_child(job: dict, connection: Connection) -> None:
     """In the forked child: take the parent's environment, run the target, report, exit."""
     os.environ.clear()
     os.environ.update(job["environment"])
@@ -79,7 +81,7 @@ def serve(control: socket.socket) -> None:
                 other.close()
             code = 0
             try:
-                _run_child(job, connection)
+                run_child(job, connection)
             except BaseException:  # noqa: BLE001 - the target reports its own errors; this is a last resort
                 code = 1
             finally:

@@ -20,6 +20,19 @@ quiet_libraries()
 import pytest  # noqa: E402
 
 
+def _gpu_session(config) -> bool:
+    """`python -m pytest -m gpu` runs the GPU suite on the GPU; any other selection is the CPU suite."""
+    return (config.getoption("markexpr") or "").strip() == "gpu"
+
+
+def pytest_configure(config):
+    # The CPU suite runs on the CPU even on a GPU machine (as in CI): its expectations are a CPU's (which options
+    # are refused, the memory cap of a side's process, `device: auto` meaning cpu). Hidden before torch is
+    # imported, so torch never sees the GPU in this session.
+    if not _gpu_session(config):
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""
+
+
 def _cuda() -> bool:
     try:
         import torch
@@ -30,12 +43,15 @@ def _cuda() -> bool:
 
 
 def pytest_collection_modifyitems(config, items):
-    if _cuda():
-        return
-    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    if _gpu_session(config):
+        if _cuda():
+            return
+        reason = "needs a CUDA GPU"
+    else:
+        reason = "GPU tests run on their own, on the GPU: python -m pytest -m gpu"
     for item in items:
         if "gpu" in item.keywords:
-            item.add_marker(skip)
+            item.add_marker(pytest.mark.skip(reason=reason))
 
 
 # Small, fast settings for the embedded model: every test compares the same way, only shorter.

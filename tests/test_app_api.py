@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from PIL import Image
-
 from conftest import FAST_RUN, app_server
+from PIL import Image
 
 
 @pytest.fixture(scope="module")
@@ -27,6 +26,16 @@ def test_only_compare_is_public(client):
     assert list(endpoints) == ["/compare"]
     names = [p["parameter_name"] for p in endpoints["/compare"]["parameters"]]
     assert names[:7] == ["preset", "model", "prompt", "seed", "steps", "width", "height"]
+
+
+def test_compare_takes_the_preset_alone_and_fills_the_rest_with_defaults(client):
+    """Every parameter but the preset is optional (the embedded model and its own run settings)."""
+    endpoint = client.view_api(return_format="dict", print_info=False)["named_endpoints"]["/compare"]
+    optional = {p["parameter_name"]: p["parameter_has_default"] for p in endpoint["parameters"]}
+    assert all(optional.values()), optional
+    report, *_ = client.predict("first-block-cache", api_name="/compare")
+    assert report["run"]["model"] == "embedded" and report["run"]["steps"] == 20 and report["run"]["width"] == 128
+    assert report["run"]["timed_runs"] == 3 and report["optimized"]["applied"][0].startswith("cache: first_block")
 
 
 def test_compare_returns_the_full_report_and_lossless_images(client):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import json
+import random
 import threading
 import zlib
 from pathlib import Path
@@ -13,25 +14,36 @@ from pathlib import Path
 import gradio as gr
 import numpy as np
 import pytest
+from conftest import FAST_RUN
 from matplotlib.figure import Figure
 
-import app
+from lab import api, fields, results, run_panel, sharing, text
+from lab import controls as ui
+from lab.context import ServerContext
+from lab.fields import CONTROL_KEYS, OPTIM_KEYS
 from optim.config import OptimConfig, RunSpec
-from optim.presets import make_preset, preset_from_json, preset_to_json
+from optim.errors import ConfigError
+from optim.presets import make_preset, preset_from_json, preset_to_json, shipped_preset_names
 
-from conftest import FAST_RUN
+CTX = ServerContext.create()
+DEFAULT_VALUES = sharing.default_values(CTX)
+NO_CHANGE = ui.no_change()
 
-NO_CHANGE = app.no_change()
+
+@pytest.fixture(scope="module", autouse=True)
+def _close_context():
+    yield
+    CTX.close()
 
 
 def as_values(outputs: list) -> dict:
     """The control values from a handler's `fill` outputs."""
-    return dict(zip(app.CONTROL_KEYS, outputs[: len(app.CONTROL_KEYS)]))
+    return dict(zip(CONTROL_KEYS, outputs[: len(CONTROL_KEYS)]))
 
 
 def values(**changes) -> dict:
     """The default controls with some changed (keys use '__' for '.': cache__method='first_block_cache')."""
-    out = dict(app.DEFAULT_VALUES)
+    out = dict(DEFAULT_VALUES)
     for key, value in changes.items():
         key = key.replace("__", ".")
         assert key in out, key
@@ -53,21 +65,21 @@ def flat(data, prefix=""):
 # ---------------------------------------------------------------------------------------------- presets
 
 
-@pytest.mark.parametrize("name", sorted(app.SHIPPED))
+@pytest.mark.parametrize("name", shipped_preset_names())
 def test_every_shipped_preset_fills_the_controls_and_reads_back_exactly(name):
     start = values(run__seed=11, run__steps=7)
-    outputs = app.load_shipped(name, start)
+    outputs = sharing.load_shipped(CTX, name, start)
     filled = as_values(outputs)
-    assert outputs[len(app.CONTROL_KEYS)] == name  # the picker shows it
-    preset, run = app.settings_from_values(filled)
-    assert preset == app.SHIPPED[name]  # name, description, hardware and every optimization
+    assert outputs[len(CONTROL_KEYS)] == name  # the picker shows it
+    preset, run = fields.settings_from_values(filled, CTX.shipped)
+    assert preset == CTX.shipped[name]  # name, description, hardware and every optimization
     assert (run.seed, run.steps) == (11, 7), "picking a preset keeps the run settings"
-    assert app.optim_from_values(filled) == app.SHIPPED[name].optim
+    assert fields.optim_from_values(filled) == CTX.shipped[name].optim
 
 
 def test_unknown_shipped_preset_warns_and_changes_nothing():
     with pytest.warns(UserWarning, match="unknown preset"):
-        assert app.load_shipped("no-such-preset", values()) == NO_CHANGE
+        assert sharing.load_shipped(CTX, "no-such-preset", values()) == NO_CHANGE
 
 
 # A non-default value for each control, and what else must be set for that control to be in effect.
@@ -131,13 +143,13 @@ def _other(key: str, current):
     return current + 1
 
 
-@pytest.mark.parametrize("key", app.OPTIM_KEYS)
+@pytest.mark.parametrize("key", OPTIM_KEYS)
 def test_each_control_sets_exactly_one_config_field(key):
     base = values(**{k.replace(".", "__"): v for k, v in _active(key).items()})
-    before = app.optim_from_values(base)
+    before = fields.optim_from_values(base)
     changed = dict(base)
     changed[key] = _other(key, base[key])
-    after = app.optim_from_values(changed)
+    after = fields.optim_from_values(changed)
     diff = {path for path, value in flat(after.model_dump(mode="json")).items()
             if flat(before.model_dump(mode="json")).get(path, object()) != value}
     parts = key.split(".")
@@ -154,13 +166,13 @@ def test_each_control_sets_exactly_one_config_field(key):
 
 def test_a_bad_combination_gives_the_engines_message():
     bad = values(offload__mode="group", offload__record_stream=True)
-    with pytest.raises(app.ConfigError, match="record_stream needs use_stream"):
-        app.settings_from_values(bad)
-    assert "record_stream needs use_stream" in app.settings_summary(bad)
+    with pytest.raises(ConfigError, match="record_stream needs use_stream"):
+        fields.settings_from_values(bad, CTX.shipped)
+    assert "record_stream needs use_stream" in text.settings_summary(CTX, bad)
     with pytest.raises(gr.Error, match="record_stream"):
-        app.run_comparison(bad, [])
+        run_panel.run_comparison(CTX, bad, [])
     with pytest.raises(gr.Error, match="not a list of numbers"):
-        app.run_comparison(values(cache__method="mag_cache", cache__mag_cache__mag_ratios="custom",
+        run_panel.run_comparison(CTX, values(cache__method="mag_cache", cache__mag_cache__mag_ratios="custom",
                                   **{"cache__mag_cache__mag_ratios__custom": "1.0, lots"}), [])
 
 
@@ -168,13 +180,13 @@ def test_run_controls_round_trip_and_model_defaults_fill_in():
     run = RunSpec(model="embedded", prompt="a small red square at the top left on a black background",
                   negative_prompt="blurry", seed=9, steps=5, width=96, height=64, guidance_scale=2.5,
                   max_sequence_length=24, dtype="float32", device="cpu", warmup_runs=2, timed_runs=2)
-    assert app.run_from_values(app.values_from_run(run)) == run
-    filled = as_values(app.load_model_defaults("synthetic:flux-schnell", values()))
+    assert fields.run_from_values(fields.values_from_run(run, CTX.defaults_for("embedded"))) == run
+    filled = as_values(ui.load_model_defaults(CTX, "synthetic:flux-schnell", values()))
     assert (filled["run.steps"], filled["run.guidance_scale"], filled["run.max_sequence_length"]) == (4, 0.0, 256)
-    assert filled["attention.backend"] == app.DEFAULT_VALUES["attention.backend"]
+    assert filled["attention.backend"] == DEFAULT_VALUES["attention.backend"]
     with pytest.warns(UserWarning, match="unknown model"):
-        assert app.load_model_defaults("not a model!", values()) == NO_CHANGE
-    assert "only meaningful on a GPU" in app.model_note("synthetic:flux-dev")
+        assert ui.load_model_defaults(CTX, "not a model!", values()) == NO_CHANGE
+    assert "only meaningful on a GPU" in text.model_note(CTX, "synthetic:flux-dev")
 
 
 # ------------------------------------------------------------------------------------------ share links
@@ -187,7 +199,7 @@ def _scenarios() -> list[tuple[str, dict]]:
                run__max_sequence_length=20, run__dtype="float32", run__device="cpu", run__warmup_runs=2,
                run__timed_runs=4, preset__name="my-settings", preset__description="tried on a laptop")
     out = [("run settings", values(**run))]
-    for key in app.OPTIM_KEYS:
+    for key in OPTIM_KEYS:
         active = {k.replace(".", "__"): v for k, v in _active(key).items()}
         scenario = values(**run, **active)
         scenario[key] = _other(key, scenario[key])
@@ -197,16 +209,16 @@ def _scenarios() -> list[tuple[str, dict]]:
 
 @pytest.mark.parametrize("label,controls", _scenarios(), ids=[label for label, _ in _scenarios()])
 def test_share_link_round_trips_every_control(label, controls):
-    link = app.share_link(controls)
+    link = sharing.share_link(CTX, controls)
     assert link.startswith("?s=")
-    restored, shipped = app.restore_from_link(link[len("?s="):])
+    restored, shipped = sharing.restore_from_link(CTX, link[len("?s="):])
     assert restored == controls
     assert shipped is None
 
 
 def test_share_link_of_a_shipped_preset_selects_it_in_the_picker():
-    controls = as_values(app.load_shipped("first-block-cache", values(run__seed=3)))
-    restored, shipped = app.restore_from_link(app.share_token(controls))
+    controls = as_values(sharing.load_shipped(CTX, "first-block-cache", values(run__seed=3)))
+    restored, shipped = sharing.restore_from_link(CTX, sharing.share_token(CTX, controls))
     assert restored == controls and shipped == "first-block-cache"
 
 
@@ -214,19 +226,19 @@ def _token(payload) -> str:
     return base64.urlsafe_b64encode(zlib.compress(json.dumps(payload).encode())).decode().rstrip("=")
 
 
-GOOD = app.share_token(values(cache__method="first_block_cache", preset__name="x"))
+GOOD = sharing.share_token(CTX, values(cache__method="first_block_cache", preset__name="x"))
 BAD_LINKS = {
     "garbage": "%%%not-a-token%%%",
     "not zlib": base64.urlsafe_b64encode(b"hello world").decode(),
     "truncated": GOOD[: len(GOOD) // 2],
-    "oversized": "A" * (app.LIMITS.max_link_chars + 1),
+    "oversized": "A" * (CTX.limits.max_link_chars + 1),
     "bad field": _token({"v": 1, "preset": {"schema_version": 1, "name": "x",
                                             "optim": {"cache": {"method": "first_block_cache", "threshold": 5}}},
                          "run": {}}),
     "unknown key": _token({"v": 1, "preset": {"schema_version": 1, "name": "x", "optim": {"turbo": True}}}),
     "bad run": _token({"v": 1, "preset": {"schema_version": 1, "name": "x"}, "run": {"steps": 0}}),
     "beyond limits": _token({"v": 1, "preset": {"schema_version": 1, "name": "x"},
-                             "run": {"steps": app.LIMITS.max_steps + 1}}),
+                             "run": {"steps": CTX.limits.max_steps + 1}}),
     "unknown model": _token({"v": 1, "preset": {"schema_version": 1, "name": "x"}, "run": {"model": "no such!"}}),
     "wrong version": _token({"v": 99, "preset": {"schema_version": 1, "name": "x"}}),
     "not an object": _token([1, 2, 3]),
@@ -237,8 +249,8 @@ BAD_LINKS = {
 @pytest.mark.parametrize("name", sorted(BAD_LINKS))
 def test_a_bad_link_warns_and_gives_the_defaults(name):
     with pytest.warns(UserWarning, match="share link could not be used"):
-        restored, shipped = app.restore_from_link(BAD_LINKS[name])
-    assert restored == app.DEFAULT_VALUES and shipped is None
+        restored, shipped = sharing.restore_from_link(CTX, BAD_LINKS[name])
+    assert restored == DEFAULT_VALUES and shipped is None
 
 
 class FakeRequest:
@@ -249,14 +261,14 @@ class FakeRequest:
 
 def test_page_load_restores_a_link_or_the_defaults_and_lists_saved_presets():
     controls = values(run__seed=77, cache__method="taylorseer", preset__name="shared")
-    outputs = app.on_page_load({"b": "{}", "a": "{}"}, FakeRequest({"s": app.share_token(controls)}))
-    assert as_values(outputs) == controls and outputs[len(app.CONTROL_KEYS)] == app.CUSTOM_PRESET
+    outputs = sharing.on_page_load(CTX, {"b": "{}", "a": "{}"}, FakeRequest({"s": sharing.share_token(CTX, controls)}))
+    assert as_values(outputs) == controls and outputs[len(CONTROL_KEYS)] == ui.CUSTOM_PRESET
     assert outputs[-1]["choices"] == ["a", "b"]
     with pytest.warns(UserWarning):
-        outputs = app.on_page_load(None, FakeRequest({"s": "broken"}))
-    assert as_values(outputs) == app.DEFAULT_VALUES and outputs[len(app.CONTROL_KEYS)] == "baseline"
-    outputs = app.on_page_load(None, FakeRequest({}))
-    assert as_values(outputs) == app.DEFAULT_VALUES and outputs[len(app.CONTROL_KEYS)] == "baseline"
+        outputs = sharing.on_page_load(CTX, None, FakeRequest({"s": "broken"}))
+    assert as_values(outputs) == DEFAULT_VALUES and outputs[len(CONTROL_KEYS)] == "baseline"
+    outputs = sharing.on_page_load(CTX, None, FakeRequest({}))
+    assert as_values(outputs) == DEFAULT_VALUES and outputs[len(CONTROL_KEYS)] == "baseline"
 
 
 # ------------------------------------------------------------------------------- upload, download, browser
@@ -283,42 +295,42 @@ BAD_UPLOADS = {
 @pytest.mark.parametrize("name", sorted(BAD_UPLOADS))
 def test_a_bad_upload_warns_and_changes_nothing(tmp_path, name):
     with pytest.warns(UserWarning, match="preset file was not loaded"):
-        outputs = app.import_preset(_upload(tmp_path, BAD_UPLOADS[name]), values())
+        outputs = sharing.import_preset(CTX, _upload(tmp_path, BAD_UPLOADS[name]), values())
     assert outputs == NO_CHANGE + [None]
 
 
 def test_download_then_upload_round_trips(tmp_path):
-    controls = as_values(app.load_shipped("pyramid-attention-broadcast", values()))
+    controls = as_values(sharing.load_shipped(CTX, "pyramid-attention-broadcast", values()))
     controls["cache.pyramid_attention_broadcast.spatial_attention_block_skip_range"] = 3
-    file_update, code_update = app.export_preset(controls)
+    file_update, code_update = sharing.export_preset(CTX, controls)
     text = Path(file_update["value"]).read_text()
     assert text == code_update["value"]
     preset = preset_from_json(text)
     assert preset.name == "pyramid-attention-broadcast-modified"
     assert preset.optim.cache.spatial_attention_block_skip_range == 3
-    restored = as_values(app.import_preset(file_update["value"], values(run__seed=5)))
-    assert app.optim_from_values(restored) == preset.optim and restored["run.seed"] == 5
+    restored = as_values(sharing.import_preset(CTX, file_update["value"], values(run__seed=5)))
+    assert fields.optim_from_values(restored) == preset.optim and restored["run.seed"] == 5
 
 
 def test_presets_saved_in_the_browser_save_load_delete():
     controls = values(cache__method="first_block_cache", preset__name="Mine 1", preset__description="d")
-    saved, picker = app.save_to_browser(controls, {})
+    saved, picker = sharing.save_to_browser(CTX, controls, {})
     assert list(saved) == ["mine-1"] and picker["value"] == "mine-1"
     assert preset_from_json(saved["mine-1"]).optim.cache.method == "first_block_cache"
-    loaded = as_values(app.load_from_browser("mine-1", saved, values(run__seed=4)))
-    assert app.optim_from_values(loaded) == app.optim_from_values(controls) and loaded["run.seed"] == 4
+    loaded = as_values(sharing.load_from_browser(CTX, "mine-1", saved, values(run__seed=4)))
+    assert fields.optim_from_values(loaded) == fields.optim_from_values(controls) and loaded["run.seed"] == 4
     with pytest.warns(UserWarning, match="could not be loaded"):
-        assert app.load_from_browser("mine-1", {"mine-1": '{"nope": 1}'}, values()) == NO_CHANGE
-    saved, picker = app.delete_from_browser("mine-1", saved)
+        assert sharing.load_from_browser(CTX, "mine-1", {"mine-1": '{"nope": 1}'}, values()) == NO_CHANGE
+    saved, picker = sharing.delete_from_browser("mine-1", saved)
     assert saved == {} and picker["choices"] == []
 
 
 def test_api_preset_argument_takes_a_name_or_json():
-    assert app.preset_from_api("first-block-cache") == app.SHIPPED["first-block-cache"]
+    assert api.preset_from_api(CTX, "first-block-cache") == CTX.shipped["first-block-cache"]
     text = preset_to_json(make_preset("x", OptimConfig()))
-    assert app.preset_from_api(text).name == "x"
-    with pytest.raises(app.ConfigError, match="neither"):
-        app.preset_from_api("fastest-please")
+    assert api.preset_from_api(CTX, text).name == "x"
+    with pytest.raises(ConfigError, match="neither"):
+        api.preset_from_api(CTX, "fastest-please")
 
 
 # -------------------------------------------------------------------------------------------- running
@@ -339,10 +351,10 @@ FAST = {f"run__{k}": v for k, v in FAST_RUN.items()}
 
 
 def test_run_returns_images_table_and_charts_then_reuses_the_baseline():
-    app.BASELINES.clear()
-    controls = as_values(app.load_shipped("first-block-cache", values(**FAST, run__seed=1)))
+    CTX.baselines.clear()
+    controls = as_values(sharing.load_shipped(CTX, "first-block-cache", values(**FAST, run__seed=1)))
     progress = Recorder()
-    outputs = app.run_comparison(controls, [], progress)
+    outputs = run_panel.run_comparison(CTX, controls, [], progress)
     (headline, pair, heatmap, caption, table, latency, memory, per_step, work, details, report, files,
      history, history_table) = outputs
     assert "Speedup" in headline and "Peak memory" in headline and "Work skipped" in headline
@@ -368,8 +380,8 @@ def test_run_returns_images_table_and_charts_then_reuses_the_baseline():
     assert "Baseline · loading" in seen and "Optimized · timed run 1/1" in seen and "Metrics" in seen
 
     # Same run settings, another preset: the baseline comes from this server's cache and the results say so.
-    controls = as_values(app.load_shipped("baseline", controls))
-    outputs = app.run_comparison(controls, history, Recorder())
+    controls = as_values(sharing.load_shipped(CTX, "baseline", controls))
+    outputs = run_panel.run_comparison(CTX, controls, history, Recorder())
     headline, report, history, history_table = outputs[0], outputs[10], outputs[12], outputs[13]
     assert report["baseline"]["reused"] is True and "baseline reused" in headline
     assert report["quality"]["max_abs_diff"] == 0
@@ -379,49 +391,78 @@ def test_run_returns_images_table_and_charts_then_reuses_the_baseline():
     class Select:
         index = [1, 0]
 
-    again = app.show_history_entry(history, Select())
+    again = results.show_history_entry(history, Select())
     assert again[10]["preset"]["name"] == "first-block-cache"
 
 
 def test_cancel_stops_the_run_and_the_app_keeps_working():
-    app.BASELINES.clear()
+    CTX.baselines.clear()
     controls = values(**FAST, run__seed=2)
-    progress = Recorder(on_desc=lambda desc: app.cancel_run(None) if "warm-up" in desc else None)
-    outputs = app.run_comparison(controls, [], progress)
-    assert outputs == [gr.skip()] * (app.RESULT_COUNT + 2)
-    assert not app._ACTIVE
+    request = FakeRequest({})
+    progress = Recorder(on_desc=lambda desc: run_panel.cancel_run(CTX, request) if "warm-up" in desc else None)
+    outputs = run_panel.run_comparison(CTX, controls, [], progress, request)
+    assert outputs == [gr.skip()] * 14
+    assert not CTX.active.stop(request.session_hash), "the cancelled run is no longer registered"
+    # The app keeps working: the same session runs the next comparison to the end.
+    controls = as_values(sharing.load_shipped(CTX, "first-block-cache", values(**FAST, run__seed=3)))
+    outputs = run_panel.run_comparison(CTX, controls, [], Recorder(), request)
+    report = outputs[10]
+    assert report["run"]["seed"] == 3 and report["preset"]["name"] == "first-block-cache"
+    assert report["optimized"]["applied"] == ["cache: first_block_cache (threshold=0.1)"]
+    assert len(outputs[12]) == 1
 
 
 def test_an_unavailable_option_is_refused_before_loading():
     controls = values(**FAST, attention__backend="flash")
     with pytest.raises(gr.Error, match="not available here"):
-        app.run_comparison(controls, [])
+        run_panel.run_comparison(CTX, controls, [])
     with pytest.raises(gr.Error, match="needs a CUDA GPU"):
-        app.run_comparison(values(**FAST, run__model="synthetic:flux-dev"), [])
+        run_panel.run_comparison(CTX, values(**FAST, run__model="synthetic:flux-dev"), [])
 
 
 def test_editing_a_control_unselects_the_shipped_preset_it_no_longer_matches():
-    controls = as_values(app.load_shipped("first-block-cache", values()))
-    assert app.on_edit(controls)[1] == "first-block-cache"
+    controls = as_values(sharing.load_shipped(CTX, "first-block-cache", values()))
+    assert ui.on_edit(CTX, controls)[1] == "first-block-cache"
     controls["cache.first_block_cache.threshold"] = 0.3
-    summary, shipped = app.on_edit(controls)
-    assert shipped == app.CUSTOM_PRESET and "threshold=0.3" in summary
-    assert app.load_shipped(app.CUSTOM_PRESET, controls) == NO_CHANGE
+    summary, shipped = ui.on_edit(CTX, controls)
+    assert shipped == ui.CUSTOM_PRESET and "threshold=0.3" in summary
+    assert sharing.load_shipped(CTX, ui.CUSTOM_PRESET, controls) == NO_CHANGE
 
 
 def test_handlers_are_safe_to_call_from_threads():
-    """The live settings check runs for many users at once."""
+    """Many users at once, all starting together: the live check, share links, downloads into the server's
+    folder, presets saved in browsers and the registry of running comparisons, with different inputs each."""
+    count = 24
+    barrier = threading.Barrier(count)
     errors = []
+    methods = ["first_block_cache", "taylorseer", "mag_cache", "pyramid_attention_broadcast", "faster_cache"]
 
-    def check():
+    def user(index: int) -> None:
+        rng = random.Random(index)
+        method = methods[index % len(methods)]
+        controls = values(cache__method=method, run__seed=index, run__steps=rng.randint(2, 30),
+                          preset__name=f"user-{index}")
+        request = FakeRequest({})
+        request.session_hash = f"session-{index}"
         try:
-            assert "Optimized side" in app.settings_summary(values(cache__method="taylorseer"))
-        except Exception as error:  # noqa: BLE001
-            errors.append(error)
+            barrier.wait(timeout=60)
+            assert f"method={method}" in text.settings_summary(CTX, controls)
+            restored, _ = sharing.restore_from_link(CTX, sharing.share_token(CTX, controls))
+            assert restored == controls
+            file_update, _ = sharing.export_preset(CTX, controls)
+            assert preset_from_json(Path(file_update["value"]).read_text()).name == f"user-{index}"
+            saved, _ = sharing.save_to_browser(CTX, controls, {})
+            assert list(saved) == [f"user-{index}"]
+            flag = CTX.active.start(request.session_hash)
+            assert CTX.active.stop(request.session_hash) and flag.is_set()
+            CTX.active.finish(request.session_hash, flag)
+        except Exception as error:  # noqa: BLE001 - reported below
+            errors.append((index, error))
 
-    threads = [threading.Thread(target=check) for _ in range(4)]
+    threads = [threading.Thread(target=user, args=(i,)) for i in range(count)]
     for thread in threads:
         thread.start()
     for thread in threads:
-        thread.join()
-    assert not errors
+        thread.join(timeout=120)
+    assert not errors, errors[:3]
+    assert len(list(CTX.reports_dir.glob("preset-*"))) >= count

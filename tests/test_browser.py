@@ -12,7 +12,6 @@ import tempfile
 from pathlib import Path
 
 import pytest
-
 from conftest import free_port
 
 CHROMIUM = "/usr/bin/chromium"
@@ -34,15 +33,25 @@ pytestmark = [
 
 
 @pytest.fixture(scope="module")
-def server_url():
-    import app
+def context():
+    from lab.context import ServerContext
 
-    app.demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=free_port(), quiet=True,
-                    **app.LAUNCH_KWARGS)
+    ctx = ServerContext.create()
+    yield ctx
+    ctx.close()
+
+
+@pytest.fixture(scope="module")
+def server_url(context):
+    from lab.layout import LAUNCH_KWARGS, build_demo
+
+    demo = build_demo(context)
+    demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=free_port(), quiet=True,
+                **LAUNCH_KWARGS)
     try:
-        yield app.demo.local_url
+        yield demo.local_url
     finally:
-        app.demo.close()
+        demo.close()
 
 
 @pytest.fixture()
@@ -63,9 +72,9 @@ def page(tmp_path):
 
 
 def control(page, key: str):
-    import app
+    from lab.controls import elem_id
 
-    return page.locator(f"#{app._elem_id(key)}")
+    return page.locator(f"#{elem_id(key)}")
 
 
 def input_value(page, key: str) -> str:
@@ -73,7 +82,7 @@ def input_value(page, key: str) -> str:
 
 
 def test_share_link_restores_the_controls_then_a_comparison_runs(server_url, page, tmp_path):
-    import app
+    from lab.controls import elem_id
     from optim.config import RunSpec, parse_optim
     from optim.presets import make_preset
     from optim.share import encode_share
@@ -87,7 +96,7 @@ def test_share_link_restores_the_controls_then_a_comparison_runs(server_url, pag
     page.wait_for_function(
         "(id) => { const el = document.querySelector(`#${id} input, #${id} textarea`); "
         "return el && el.value === 'a yellow triangle on a blue background'; }",
-        arg=app._elem_id("run.prompt"), timeout=60_000,
+        arg=elem_id("run.prompt"), timeout=60_000,
     )
     assert input_value(page, "run.seed") == "7"
     assert input_value(page, "run.steps") == "20"
@@ -152,21 +161,22 @@ def pick(page, elem_id: str, option: str) -> None:
     page.get_by_role("option", name=option, exact=True).click()
 
 
-def test_preset_picker_share_button_and_presets_saved_in_the_browser(server_url, page):
-    import app
+def test_preset_picker_share_button_and_presets_saved_in_the_browser(server_url, page, context):
+    from lab.controls import elem_id
+    from lab.sharing import default_values
     from optim.share import decode_share
 
     page.goto(server_url, wait_until="domcontentloaded")
     page.wait_for_function(
         "([id, text]) => { const el = document.querySelector(`#${id} input, #${id} textarea`); "
         "return el && el.value === text; }",
-        arg=[app._elem_id("run.prompt"), app.DEFAULT_VALUES["run.prompt"]], timeout=60_000,
+        arg=[elem_id("run.prompt"), default_values(context)["run.prompt"]], timeout=60_000,
     )
     pick(page, "preset-picker", "taylorseer")
     page.get_by_role("tab", name="Cache").click()
     page.wait_for_function(
         "(id) => document.querySelector(`#${id} input`)?.value === 'TaylorSeer'",
-        arg=app._elem_id("cache.method"), timeout=30_000,
+        arg=elem_id("cache.method"), timeout=30_000,
     )
     control(page, "cache.taylorseer.cache_interval").wait_for(state="visible", timeout=10_000)
     assert not control(page, "cache.first_block_cache.threshold").is_visible()
@@ -199,5 +209,5 @@ def test_preset_picker_share_button_and_presets_saved_in_the_browser(server_url,
     page.get_by_role("tab", name="Cache").click()
     page.wait_for_function(
         "(id) => document.querySelector(`#${id} input[type=number]`)?.value === '7'",
-        arg=app._elem_id("cache.taylorseer.cache_interval"), timeout=30_000,
+        arg=elem_id("cache.taylorseer.cache_interval"), timeout=30_000,
     )

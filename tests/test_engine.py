@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+from conftest import FAST_RUN
 
 from optim.config import OptimConfig, parse_optim, parse_run
 from optim.engine import BaselineCache, compare
@@ -13,8 +14,6 @@ from optim.measure import SideJob, run_side
 from optim.models import resolve_model, resolve_run
 from optim.presets import load_preset
 from optim.report import write_report
-
-from conftest import FAST_RUN
 
 
 def _run(**changes):

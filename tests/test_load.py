@@ -8,7 +8,6 @@ import time
 
 import psutil
 import pytest
-
 from conftest import app_server
 
 FAST = {"steps": 2, "width": 64, "height": 64, "timed_runs": 1}

@@ -56,7 +56,10 @@ def test_seed_table_presets_match_the_recipe():
     assert row1.quantization.backend == "bitsandbytes_4bit" and row1.quantization.quant_type == "nf4"
     assert set(row1.quantization.components) == {"transformer", "text_encoder_2"}
     assert row2.quantization == row1.quantization and row2.compile.mode == "full" and row2.compile.fullgraph
-    assert row3.compile == row2.compile and row3.offload.mode == "model_cpu"
+    # Row 3 as the seed's recipe writes it: after offloading, a plain `transformer.compile()` (default mode, graph
+    # breaks allowed: accelerate's hooks cannot be traced and CUDA graphs cannot follow moving weights).
+    assert row3.quantization == row1.quantization and row3.offload.mode == "model_cpu"
+    assert row3.compile.mode == "full" and row3.compile.inductor_mode == "default" and row3.compile.fullgraph is None
 
 
 @pytest.mark.parametrize(

@@ -14,7 +14,9 @@ import pytest
 from optim.config import RunSpec
 from optim.errors import ConfigError, ModelError
 from optim.limits import Limits, check_run
-from optim.models import EMBEDDED_PATH, ROOT, load_pipeline, resolve_model
+from optim.models import EMBEDDED_PATH, load_pipeline, resolve_model
+
+ROOT = Path(__file__).resolve().parent.parent
 
 SOURCES = sorted((ROOT / "optim").rglob("*.py")) + [ROOT / "app.py"]
 

@@ -163,8 +163,8 @@ def test_bitsandbytes_quantizes_the_text_encoder_on_cpu(backend):
 
 
 def test_measured_quantized_size_matches_the_serialized_weights(tmp_path):
-    from optim.techniques.quantization import build_quantization_config, module_bytes, quantizable_components
     from optim.models import read_model_index
+    from optim.techniques.quantization import build_quantization_config, module_bytes, quantizable_components
 
     ref = resolve_model("embedded")
     quant = parse_optim({"quantization": {"backend": "quanto", "weights": "int8"}}).quantization

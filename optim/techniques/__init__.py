@@ -26,6 +26,10 @@ class Applied:
         if undo is not None:
             self._undo.append(undo)
 
+    def on_undo(self, undo: Callable[[], None]) -> None:
+        """Run `undo` when the side ends (cleanup that is not a step of its own: a scratch folder, a setting)."""
+        self._undo.append(undo)
+
     def warn(self, message: str) -> None:
         if message not in self.warnings:
             self.warnings.append(message)

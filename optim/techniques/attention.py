@@ -7,10 +7,14 @@ The one place that touches diffusers' private attention internals, for three rea
   `_AttentionBackendRegistry._checks_enabled` (diffusers' attention-backends page).
 * `_check_attention_backend_requirements` is diffusers' own "is the package installed?" check; capabilities use it
   so we never list a backend as available that `set_attention_backend` would refuse.
+* `_AttentionBackendRegistry._constraints` holds each backend's own checks (CUDA only, minimum compute
+  capability, bf16/fp16 inputs, head dims). diffusers runs them only with DIFFUSERS_ATTN_CHECKS on; we read
+  them (`backend_needs`) so a backend that would fail at run time is refused before anything loads.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from optim.config import AttentionConfig
@@ -42,6 +46,39 @@ def backend_requirement(backend: str) -> str | None:
     return None
 
 
+@dataclass(frozen=True)
+class BackendNeeds:
+    """What a backend's kernel needs, as diffusers' own constraint checks for it say."""
+
+    cuda_only: bool = False
+    min_compute_capability: tuple[int, int] | None = None
+    dtypes: tuple[str, ...] | None = None  # None: any; else the torch dtype names it accepts
+    head_dims: tuple[int, ...] | None = None
+
+
+def backend_needs(backend: str) -> BackendNeeds:
+    """Read the constraint functions diffusers registered for `backend` (see the module docstring)."""
+    from diffusers.models.attention_dispatch import AttentionBackendName
+
+    checks = _registry()._constraints.get(AttentionBackendName(backend), [])
+    cuda_only, capability, dtypes, head_dims = False, None, None, None
+    for check in checks:
+        name = getattr(check, "__name__", "")
+        cells = [cell.cell_contents for cell in (getattr(check, "__closure__", None) or ())]
+        if name in ("_check_device_cuda", "check_device_cuda"):
+            cuda_only = True
+            numbers = [c for c in cells if isinstance(c, int)]
+            if len(numbers) == 2:  # _check_device_cuda_atleast_smXY(major, minor)
+                capability = (numbers[0], numbers[1])
+        elif name == "_check_qkv_dtype_bf16_or_fp16":
+            dtypes = ("bfloat16", "float16")
+        elif name == "_check_qkv_dtype_bf16":
+            dtypes = ("bfloat16",)
+        elif name == "_check_head_dim_64_or_128":
+            head_dims = (64, 128)
+    return BackendNeeds(cuda_only, capability, dtypes, head_dims)
+
+
 def attention_state(transformer: Any) -> dict[str, Any]:
     """The backend every attention processor uses plus the global active backend and checks flag."""
     registry = _registry()
@@ -68,6 +105,15 @@ def apply_attention(pipe: Any, config: AttentionConfig, applied: Applied) -> Non
         except (RuntimeError, ValueError, ImportError) as error:
             registry.set_active_backend(previous)
             raise UnavailableError(f"attention backend {config.backend!r} is not usable here: {error}") from None
+        except Exception as error:  # noqa: BLE001 - *_hub backends download a kernel: network and Hub errors
+            registry.set_active_backend(previous)
+            if not config.backend.endswith("_hub"):
+                raise
+            raise UnavailableError(
+                f"attention backend {config.backend!r} could not fetch its kernel from the Hugging Face Hub "
+                f"({type(error).__name__}: {str(error).strip().splitlines()[0][:200] if str(error).strip() else ''}); "
+                "check the network and HF_TOKEN, or pick a backend that is installed locally"
+            ) from None
 
         def restore() -> None:
             transformer.reset_attention_backend()

@@ -31,7 +31,7 @@ def fresh_inductor_cache(applied: Applied) -> str:
             os.environ["TORCHINDUCTOR_CACHE_DIR"] = previous
         shutil.rmtree(path, ignore_errors=True)
 
-    applied._undo.append(restore)
+    applied.on_undo(restore)
     return path
 
 
@@ -84,13 +84,19 @@ def cold_compile() -> bool:
 
 
 def needs_graph_breaks(optim: Any) -> str | None:
-    """Why this configuration cannot be compiled as one graph (None if it can): caches and group offload hook
-    the transformer's blocks with code torch.compile must not trace (`torch.compiler.disable`) or that branches
-    on data."""
+    """Why this configuration cannot be compiled as one graph (None if it can): caches, group offload and
+    accelerate's model/sequential offload hook the transformer with code torch.compile must not trace
+    (`torch.compiler.disable`: accelerate's `CpuOffload.pre_forward` is wrapped in it) or that branches on data."""
     if optim.cache.method != "none":
         return f"the {optim.cache.method} cache decides per step in Python hooks"
     if optim.offload.mode == "group":
         return "group offload moves weights in hooks around each group"
+    if optim.offload.mode in ("model_cpu", "sequential_cpu"):
+        return f"{optim.offload.mode} offload moves weights in accelerate hooks that torch.compile may not trace"
+    if optim.attention.backend.lstrip("_").startswith("sage"):
+        # sageattn calls torch.cuda.device_count() and raw pybind helpers, which dynamo cannot put in a graph
+        # (SageAttention's README claims torch.compile support only without CUDA graphs; SageAttention#337).
+        return "SageAttention's kernels call CUDA helpers that torch.compile cannot trace"
     return None
 
 
@@ -100,7 +106,48 @@ def resolve_fullgraph(optim: Any) -> bool:
     return needs_graph_breaks(optim) is None
 
 
-def apply_compile(pipe: Any, compile_config: CompileConfig, applied: Applied, *, fullgraph: bool = True) -> None:
+def uses_cuda_graphs(inductor_mode: str) -> bool:
+    """Whether this torch.compile mode records CUDA graphs (torch's own table: `reduce-overhead` and
+    `max-autotune` turn on `triton.cudagraphs`; `max-autotune-no-cudagraphs` does not)."""
+    from torch._inductor import list_mode_options
+
+    return bool(list_mode_options(None if inductor_mode == "default" else inductor_mode).get("triton.cudagraphs"))
+
+
+def clone_outputs(function: Any) -> Any:
+    """`function` with every tensor it returns copied.
+
+    A CUDA graph replays into the same output memory each time, so a pipeline that keeps one transformer output
+    while it calls the transformer again in the same step (true classifier-free guidance: FLUX without guidance
+    embeddings, Qwen-Image; Wan's separate conditional and unconditional calls) would read an overwritten tensor
+    ("accessing tensor output of CUDAGraphs that has been overwritten by a subsequent run"). One copy of the
+    latents per call is negligible next to a transformer call."""
+    import torch
+
+    def copy(value: Any) -> Any:
+        if isinstance(value, torch.Tensor):
+            return value.clone()
+        if isinstance(value, tuple):
+            return type(value)(copy(v) for v in value) if not hasattr(value, "_fields") else type(value)(*map(copy, value))
+        if isinstance(value, list):
+            return [copy(v) for v in value]
+        if hasattr(value, "to_tuple") and hasattr(value, "keys"):  # diffusers' BaseOutput dataclasses
+            for key in list(value.keys()):
+                value[key] = copy(value[key])
+            return value
+        return value
+
+    def cloned(*args: Any, **kwargs: Any) -> Any:
+        return copy(function(*args, **kwargs))
+
+    return cloned
+
+
+def apply_compile(
+    pipe: Any, compile_config: CompileConfig, applied: Applied, *, fullgraph: bool = True, repeated_calls: bool = False
+) -> None:
+    """Compile the transformer. `repeated_calls`: the pipeline calls the transformer more than once per step
+    while keeping the first output (see `clone_outputs`)."""
     import torch
 
     if compile_config.mode == "off":
@@ -113,9 +160,23 @@ def apply_compile(pipe: Any, compile_config: CompileConfig, applied: Applied, *,
     if compile_config.inductor_mode != "default":
         kwargs["mode"] = compile_config.inductor_mode
     transformer = pipe.transformer
-    if compile_config.mode == "regional":
-        transformer.compile_repeated_blocks(**kwargs)
-    else:
-        transformer.compile(**kwargs)
     options = ", ".join(f"{k}={v}" for k, v in kwargs.items())
-    applied.add(f"torch.compile: {compile_config.mode} ({options})", torch._dynamo.reset)
+    if compile_config.mode == "regional":
+        # Only the blocks are graphs; the transformer's output comes from its eager final layers, so it is never
+        # a CUDA graph's reused output memory.
+        transformer.compile_repeated_blocks(**kwargs)
+        applied.add(f"torch.compile: regional ({options})", torch._dynamo.reset)
+        return
+    if repeated_calls and uses_cuda_graphs(compile_config.inductor_mode):
+        eager_forward = transformer.forward
+        transformer.forward = clone_outputs(torch.compile(eager_forward, **kwargs))
+
+        def restore() -> None:
+            transformer.forward = eager_forward
+            torch._dynamo.reset()
+
+        applied.add(f"torch.compile: full ({options}; outputs copied: CUDA graphs with two transformer calls a step)",
+                    restore)
+        return
+    transformer.compile(**kwargs)
+    applied.add(f"torch.compile: full ({options})", torch._dynamo.reset)

@@ -19,7 +19,7 @@ from optim.config import OffloadConfig
 from optim.techniques import Applied
 
 
-def apply_offload(pipe: Any, offload: OffloadConfig, applied: Applied, *, device: str) -> None:
+def apply_offload(pipe: Any, offload: OffloadConfig, applied: Applied, *, device: str, quantization: str = "none") -> None:
     import torch
 
     if offload.mode == "none":
@@ -46,7 +46,7 @@ def apply_offload(pipe: Any, offload: OffloadConfig, applied: Applied, *, device
     if offload.offload_type == "block_level":
         kwargs["num_blocks_per_group"] = offload.num_blocks_per_group
     if disk_dir:  # registered first, so the folder goes even if enabling fails
-        applied._undo.append(lambda: shutil.rmtree(disk_dir, ignore_errors=True))
+        applied.on_undo(lambda: shutil.rmtree(disk_dir, ignore_errors=True))
     pipe.enable_group_offload(**kwargs)
     where = "disk" if disk_dir else "CPU"
     text = f"offload: group offload ({offload.offload_type}"
@@ -58,6 +58,12 @@ def apply_offload(pipe: Any, offload: OffloadConfig, applied: Applied, *, device
         text += ", low CPU memory"
     text += f", to {where})"
     applied.add(text)
+    if quantization == "bitsandbytes_4bit" and not offload.use_stream and device == "cuda":
+        applied.warn(
+            "group offload of bitsandbytes 4-bit weights without use_stream is not verified here: offloading moves "
+            "their quantization state to the CPU while onloading moves only the weights (diffusers documents it with "
+            "use_stream=true)"
+        )
     if device == "cpu" and not disk_dir:
         applied.warn(
             "group offload on a CPU-only machine moves weights from CPU to CPU: it runs, but saves no memory "

@@ -1,0 +1,128 @@
+"""The public API of the app: one endpoint, `compare`, for scripts (gradio_client) and other apps. Every other
+event of the page is private. It runs in the same queue slot as the Run button.
+
+    from gradio_client import Client
+    report, baseline, optimized, diff = Client("http://127.0.0.1:7860/").predict("first-block-cache",
+                                                                                api_name="/compare")
+
+Every parameter but the preset is optional: the model defaults to the embedded one and the run settings to the
+model's own.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import gradio as gr
+
+from lab.context import ServerContext
+from lab.fields import as_float, as_int
+from lab.results import json_safe
+from lab.run_panel import GPU_QUEUE, execute
+from lab.text import log
+from optim.config import parse_run
+from optim.errors import ConfigError, OptimError
+from optim.models import EMBEDDED_MODEL
+from optim.presets import Preset, preset_from_json
+
+DEFAULT_TIMED_RUNS = 3
+
+
+@dataclass
+class ApiPanel:
+    inputs: list[Any]
+    outputs: list[Any]
+    button: Any
+
+
+def preset_from_api(ctx: ServerContext, text: str) -> Preset:
+    """A shipped preset's name, or a preset's JSON text (strict, size-limited)."""
+    text = (text or "").strip()
+    if not text:
+        return ctx.default_preset
+    if not text.startswith("{"):
+        if text in ctx.shipped:
+            return ctx.shipped[text]
+        raise ConfigError(f"preset: {text[:60]!r} is neither a preset's JSON text nor a shipped preset "
+                          f"({', '.join(ctx.shipped)})")
+    if len(text.encode()) > ctx.limits.max_upload_bytes:
+        raise ConfigError(f"preset: {len(text.encode())} bytes is too large (at most {ctx.limits.max_upload_bytes})")
+    return preset_from_json(text)
+
+
+def api_compare(ctx: ServerContext, preset: str, model: str | None = EMBEDDED_MODEL, prompt: str | None = "",
+                seed: float | None = 0, steps: float | None = None, width: float | None = None,
+                height: float | None = None, guidance_scale: float | None = None,
+                timed_runs: float | None = DEFAULT_TIMED_RUNS, progress: Any = None) -> tuple[dict, Any, Any, Any]:
+    """Run the model as a baseline and with a preset's optimizations, and compare them (see `wire_api` for the
+    parameters as API users see them)."""
+    try:
+        chosen = preset_from_api(ctx, preset)
+        run = parse_run(json_safe({
+            "model": (model or "").strip() or EMBEDDED_MODEL,
+            "prompt": prompt or None,
+            "seed": as_int(seed) if seed is not None else 0,
+            "steps": as_int(steps) if steps else None,
+            "width": as_int(width) if width else None,
+            "height": as_int(height) if height else None,
+            "guidance_scale": as_float(guidance_scale) if guidance_scale is not None else None,
+            "timed_runs": as_int(timed_runs) if timed_runs else DEFAULT_TIMED_RUNS,
+        }), where="run")
+        comparison = execute(ctx, run, chosen, progress=progress)
+    except OptimError as error:
+        raise gr.Error(str(error), duration=None) from None
+    except Exception as error:  # noqa: BLE001
+        log.exception("api compare failed")
+        raise gr.Error(f"Unexpected error ({type(error).__name__}: {error})") from None
+    report = json_safe(comparison.to_report())
+    return report, comparison.baseline.image, comparison.optimized.image, comparison.heatmap
+
+
+def build_api(ctx: ServerContext) -> ApiPanel:
+    """Hidden components of the public endpoint (gradio_client: api_name="/compare")."""
+    with gr.Column(visible=False):
+        inputs = [
+            gr.Textbox(ctx.default_preset.name, label="preset"),
+            gr.Textbox(EMBEDDED_MODEL, label="model"),
+            gr.Textbox("", label="prompt"),
+            gr.Number(0, label="seed", precision=0),
+            gr.Number(None, label="steps", precision=0),
+            gr.Number(None, label="width", precision=0),
+            gr.Number(None, label="height", precision=0),
+            gr.Number(None, label="guidance_scale"),
+            gr.Number(DEFAULT_TIMED_RUNS, label="timed_runs", precision=0),
+        ]
+        outputs = [gr.JSON(label="report"), gr.Image(label="baseline", format="png"),
+                   gr.Image(label="optimized", format="png"), gr.Image(label="diff", format="png")]
+        button = gr.Button("compare")
+    return ApiPanel(inputs=inputs, outputs=outputs, button=button)
+
+
+def wire_api(ctx: ServerContext, panel: ApiPanel) -> None:
+    def compare(preset: str, model: str = EMBEDDED_MODEL, prompt: str = "", seed: float = 0,
+                steps: float | None = None, width: float | None = None, height: float | None = None,
+                guidance_scale: float | None = None, timed_runs: float = DEFAULT_TIMED_RUNS,
+                progress: gr.Progress = gr.Progress()) -> tuple[dict, Any, Any, Any]:
+        """Run the model as a baseline and with a preset's optimizations, and compare them.
+
+        Parameters:
+            preset: a shipped preset's name (e.g. "first-block-cache") or the JSON text of a preset file
+            model: "embedded" (runs on CPU), a Hugging Face Hub model id, or "synthetic:flux-dev" (GPU only)
+            prompt: the prompt for both sides; empty for the model's default
+            seed: the seed for both sides
+            steps: denoising steps; empty for the model's default
+            width: image width (a multiple of 16); empty for the model's default
+            height: image height (a multiple of 16); empty for the model's default
+            guidance_scale: guidance strength; empty for the model's default
+            timed_runs: timed runs per side (the median is reported, with min and max)
+        Returns:
+            report: the comparison, the same JSON as the command line's report.json (speedup, quality, both sides)
+            baseline: the baseline image (lossless PNG)
+            optimized: the optimized image (lossless PNG)
+            diff: the difference heatmap (lossless PNG; report.quality.heatmap_scale levels = white)
+        """
+        return api_compare(ctx, preset, model, prompt, seed, steps, width, height, guidance_scale, timed_runs,
+                           progress=progress)
+
+    panel.button.click(compare, panel.inputs, panel.outputs, api_name="compare", **GPU_QUEUE)

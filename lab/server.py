@@ -1,0 +1,41 @@
+"""Start the app: make the server's context, build the page, start the worker processes, serve.
+
+    python app.py          # or: optim-lab (the console script)
+
+GRADIO_SERVER_NAME and GRADIO_SERVER_PORT choose where it listens (0.0.0.0:7860 by default).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+
+from optim.logs import quiet_libraries
+
+
+def main() -> None:
+    quiet_libraries()
+    from lab.context import ServerContext
+    from lab.layout import LAUNCH_KWARGS, build_demo
+    from optim.worker import launcher
+
+    ctx = ServerContext.create(spaces=sys.modules.get("spaces"))
+    if ctx.zero_gpu:
+        ctx.gpu_runner  # noqa: B018 - ZeroGPU wants its GPU function declared before the server starts
+    else:
+        launcher.prestart()  # spare worker processes import torch while the page loads
+    demo = build_demo(ctx)
+    # A stop request (SIGTERM: a Space restarting, `docker stop`, a test) exits like Ctrl-C does, so the cleanup
+    # below runs: this server's report folder, the worker processes.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
+    try:
+        # server_port=None: Gradio reads GRADIO_SERVER_PORT, else 7860.
+        demo.launch(server_name=os.environ.get("GRADIO_SERVER_NAME", "0.0.0.0"), **LAUNCH_KWARGS)
+    finally:
+        ctx.close()
+        launcher.stop()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,89 @@
+"""The project as a package: installable, its data found through the package from anywhere, its dependencies
+declared once for pip and once for Spaces (and equal), and README's option tables written from the settings."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tomllib
+import zipfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _requirements(path: Path) -> list[str]:
+    lines = [line.split("#", 1)[0].strip() for line in path.read_text().splitlines()]
+    return sorted(line.replace(" ", "") for line in lines if line and not line.startswith("-"))
+
+
+def test_pyproject_and_requirements_declare_the_same_dependencies():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert sorted(d.replace(" ", "") for d in project["dependencies"]) == _requirements(ROOT / "requirements.txt")
+    dev = _requirements(ROOT / "requirements-dev.txt")
+    assert sorted(d.replace(" ", "") for d in project["optional-dependencies"]["dev"]) == dev
+    assert "torch==2.13.0" in project["dependencies"], "an unpinned torch pulls a multi-GB CUDA build"
+
+
+def test_readme_option_tables_are_written_from_the_settings():
+    from optim.reference import END, START, options_markdown
+
+    text = (ROOT / "README.md").read_text()
+    generated = text.split(START, 1)[1].split(END, 1)[0].strip()
+    assert generated == options_markdown().strip(), "run: python -m optim reference --write README.md"
+
+
+def test_every_setting_has_a_label_and_help():
+    from optim import config as C
+
+    classes = [C.RunSpec, *C.SECTIONS.values(), *C.CACHE_VARIANTS.values(), *C.QUANTIZATION_VARIANTS.values()]
+    for cls in classes:
+        for name in cls.model_fields:
+            if name in ("method", "backend"):
+                continue
+            facts = C.facts(cls, name)
+            assert facts.help and facts.label != name.replace("_", " ").capitalize() or facts.label, (cls, name)
+            assert facts.help, f"{cls.__name__}.{name} has no help text"
+    for cls in [*C.CACHE_VARIANTS.values(), *C.QUANTIZATION_VARIANTS.values()]:
+        label, summary = C.variant_facts(cls)
+        assert label and summary, cls
+
+
+@pytest.mark.timeout(600)
+def test_the_wheel_carries_its_data_and_works_from_anywhere(tmp_path):
+    """`pip install .` works from any folder: presets and the embedded model come from the installed package."""
+    source = tmp_path / "source"  # a copy: building writes build/ and *.egg-info next to the sources
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    for name in ("optim", "lab", "embedded"):
+        shutil.copytree(ROOT / name, source / name, ignore=ignore)
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copyfile(ROOT / name, source / name)
+    dist = tmp_path / "dist"
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(dist),
+                    str(source)], check=True, capture_output=True, timeout=600)
+    wheel = next(dist.glob("*.whl"))
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "optim/data/presets/first-block-cache.json" in names and "optim/data/presets/schema.json" in names
+    assert any(re.match(r"optim/data/assets/tiny-flux/transformer/.*\.safetensors", n) for n in names)
+    assert "lab/server.py" in names and "embedded/dataset.py" in names
+    entry_points = next(n for n in names if n.endswith("entry_points.txt"))
+    assert "optim = optim.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
+
+    site = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(site), str(wheel)],
+                   check=True, capture_output=True, timeout=600)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    env = {**os.environ, "PYTHONPATH": str(site), "HF_HUB_OFFLINE": "1"}
+    code = ("import optim, sys; from optim.presets import load_preset; from optim.models import resolve_model, "
+            "model_defaults; assert optim.__file__.startswith(sys.argv[1]), optim.__file__; "
+            "print(load_preset('mag-cache').optim.cache.method, model_defaults(resolve_model('embedded')).width)")
+    done = subprocess.run([sys.executable, "-c", code, str(site)], cwd=elsewhere, env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["mag_cache", "128"]
