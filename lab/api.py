@@ -18,15 +18,15 @@ import gradio as gr
 
 from lab.context import ServerContext
 from lab.fields import as_float, as_int
-from lab.results import json_safe
 from lab.run_panel import GPU_QUEUE, execute
 from lab.text import log
 from optim.config import parse_run
+from optim.report import json_safe
 from optim.errors import ConfigError, OptimError
 from optim.models import EMBEDDED_MODEL
 from optim.presets import Preset, preset_from_json
 
-DEFAULT_TIMED_RUNS = 3
+DEFAULT_TIMED_RUNS = "auto"
 
 
 @dataclass
@@ -51,10 +51,24 @@ def preset_from_api(ctx: ServerContext, text: str) -> Preset:
     return preset_from_json(text)
 
 
+def runs_value(value: Any) -> Any:
+    """'auto' (or empty) or a whole number, as a client may send it ("5", 5, 5.0); anything else is left for the
+    validation to name."""
+    if value in (None, "", "auto"):
+        return "auto"
+    if isinstance(value, str):
+        try:
+            value = float(value.strip())
+        except ValueError:
+            return value
+    return as_int(value)
+
+
 def api_compare(ctx: ServerContext, preset: str, model: str | None = EMBEDDED_MODEL, prompt: str | None = "",
                 seed: float | None = 0, steps: float | None = None, width: float | None = None,
                 height: float | None = None, guidance_scale: float | None = None,
-                timed_runs: float | None = DEFAULT_TIMED_RUNS, progress: Any = None) -> tuple[dict, Any, Any, Any]:
+                timed_runs: float | str | None = DEFAULT_TIMED_RUNS,
+                progress: Any = None) -> tuple[dict, Any, Any, Any]:
     """Run the model as a baseline and with a preset's optimizations, and compare them (see `wire_api` for the
     parameters as API users see them)."""
     try:
@@ -67,7 +81,7 @@ def api_compare(ctx: ServerContext, preset: str, model: str | None = EMBEDDED_MO
             "width": as_int(width) if width else None,
             "height": as_int(height) if height else None,
             "guidance_scale": as_float(guidance_scale) if guidance_scale is not None else None,
-            "timed_runs": as_int(timed_runs) if timed_runs else DEFAULT_TIMED_RUNS,
+            "timed_runs": runs_value(timed_runs),
         }), where="run")
         comparison = execute(ctx, run, chosen, progress=progress)
     except OptimError as error:
@@ -91,7 +105,7 @@ def build_api(ctx: ServerContext) -> ApiPanel:
             gr.Number(None, label="width", precision=0),
             gr.Number(None, label="height", precision=0),
             gr.Number(None, label="guidance_scale"),
-            gr.Number(DEFAULT_TIMED_RUNS, label="timed_runs", precision=0),
+            gr.Textbox(DEFAULT_TIMED_RUNS, label="timed_runs"),
         ]
         outputs = [gr.JSON(label="report"), gr.Image(label="baseline", format="png"),
                    gr.Image(label="optimized", format="png"), gr.Image(label="diff", format="png")]
@@ -102,7 +116,7 @@ def build_api(ctx: ServerContext) -> ApiPanel:
 def wire_api(ctx: ServerContext, panel: ApiPanel) -> None:
     def compare(preset: str, model: str = EMBEDDED_MODEL, prompt: str = "", seed: float = 0,
                 steps: float | None = None, width: float | None = None, height: float | None = None,
-                guidance_scale: float | None = None, timed_runs: float = DEFAULT_TIMED_RUNS,
+                guidance_scale: float | None = None, timed_runs: str = DEFAULT_TIMED_RUNS,
                 progress: gr.Progress = gr.Progress()) -> tuple[dict, Any, Any, Any]:
         """Run the model as a baseline and with a preset's optimizations, and compare them.
 
@@ -115,9 +129,11 @@ def wire_api(ctx: ServerContext, panel: ApiPanel) -> None:
             width: image width (a multiple of 16); empty for the model's default
             height: image height (a multiple of 16); empty for the model's default
             guidance_scale: guidance strength; empty for the model's default
-            timed_runs: timed runs per side (the median is reported, with min and max)
+            timed_runs: timed runs per side, taken in turns with the other side: "auto" (until the speedup is
+                known to about ±5%, or 60 s of runs) or a whole number
         Returns:
-            report: the comparison, the same JSON as the command line's report.json (speedup, quality, both sides)
+            report: the comparison, the same JSON as the command line's report.json: speedup with its 95%
+                interval and verdict, quality, both sides (schema: docs/report.schema.json)
             baseline: the baseline image (lossless PNG)
             optimized: the optimized image (lossless PNG)
             diff: the difference heatmap (lossless PNG; report.quality.heatmap_scale levels = white)

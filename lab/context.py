@@ -81,7 +81,8 @@ class ServerContext:
         )
 
     def close(self) -> None:
-        """Delete this server's files (report folders, preset downloads)."""
+        """End the warm baseline processes and delete this server's files (report folders, preset downloads)."""
+        self.baselines.clear()
         shutil.rmtree(self.reports_dir, ignore_errors=True)
 
     @property
@@ -128,6 +129,7 @@ class ServerContext:
             "height": self.side_max,
             "warmup_runs": self.limits.max_warmup_runs,
             "timed_runs": self.limits.max_timed_runs,
+            "time_budget_s": self.limits.max_time_budget_s,
         }
 
     def resolve(self, model: str) -> ModelRef:

@@ -104,7 +104,7 @@ def make_field_controls(ctx: ServerContext, defaults: dict[str, Any], prefix: st
                         controls: dict[str, Any]) -> None:
     """Create the control(s) of one config field (ranges from the model's `Field(ge=..., le=...)`)."""
     key = f"{prefix}.{name}"
-    kind = fields.RUN_KINDS.get(name, field_kind(cls, name)) if prefix == "run" else field_kind(cls, name)
+    kind = fields.RUN_KINDS[name] if prefix == "run" and name in fields.RUN_KINDS else field_kind(cls, name)
     facts = key_facts(key)
     label, info = facts.label, facts.help or None
     value = defaults.get(key)
@@ -142,6 +142,10 @@ def make_field_controls(ctx: ServerContext, defaults: dict[str, Any], prefix: st
     elif kind == "text":
         controls[key] = gr.Textbox(value=value, label=label, info=info, lines=2 if name == "prompt" else 1,
                                    max_lines=4, **common)
+    elif kind == "runs":  # a count or "auto"
+        counts = [n for n in (1, 2, 3, 5, 10, 20, 50) if n <= ctx.run_limits.get(name, 50)]
+        controls[key] = gr.Dropdown(["auto", *counts], value=value, label=label, info=info, allow_custom_value=True,
+                                    **common)
     elif kind == "int_or_blank":
         low, high, _ = field_bounds(cls, name)
         controls[key] = gr.Number(value=value, label=label, info=info, precision=0, minimum=low, maximum=high,
@@ -235,6 +239,10 @@ def build_settings(ctx: ServerContext, defaults: dict[str, Any]) -> SettingsPane
                 with gr.Row():
                     run("warmup_runs")
                     run("timed_runs")
+                with gr.Row():
+                    run("target_precision")
+                    run("time_budget_s")
+                run("timing")
                 with gr.Row():
                     run("dtype")
                     run("device")

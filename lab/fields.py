@@ -105,7 +105,8 @@ def field_kind(cls: type, name: str) -> str:
 RUN_FIELDS = list(RunSpec.model_fields)
 # Run settings: `None` means "the model's default", but the controls always show the value (the model's default
 # is filled in), so only the max_sequence_length may be left empty.
-RUN_KINDS = {"steps": "int", "width": "int", "height": "int", "max_sequence_length": "int_or_blank"}
+RUN_KINDS = {"steps": "int", "width": "int", "height": "int", "max_sequence_length": "int_or_blank",
+             "timed_runs": "runs"}
 
 
 def field_keys(prefix: str, cls: type, name: str) -> list[str]:
@@ -329,10 +330,24 @@ def run_from_values(values: dict[str, Any]) -> RunSpec:
             value = None if value in (None, "", 0) else as_int(value)
         elif name == "guidance_scale":
             value = as_float(value)
-        elif name in ("seed", "steps", "width", "height", "warmup_runs", "timed_runs"):
+        elif name == "timed_runs":
+            value = "auto" if value in (None, "", "auto") else as_int(_number(value))
+        elif name in ("target_precision", "time_budget_s"):
+            value = as_float(value)
+        elif name in ("seed", "steps", "width", "height", "warmup_runs"):
             value = as_int(value)
         data[name] = value
     return parse_run(data)
+
+
+def _number(value: Any) -> Any:
+    """A count typed into a box ("5") as a number; anything else unchanged, for validation to name."""
+    if isinstance(value, str):
+        try:
+            return float(value.strip())
+        except ValueError:
+            return value
+    return value
 
 
 def values_from_run(run: RunSpec, defaults: ModelDefaults) -> dict[str, Any]:

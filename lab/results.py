@@ -8,7 +8,6 @@ the charts, the details (what was applied, warnings, report files) and this sess
 from __future__ import annotations
 
 import json
-import math
 import shutil
 import tempfile
 import time
@@ -17,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import gradio as gr
-import numpy as np
 
 from lab.context import ServerContext
 from lab.text import (
@@ -32,7 +30,7 @@ from lab.text import (
 )
 from optim import charts
 from optim.engine import Comparison
-from optim.report import write_report
+from optim.report import json_safe, write_report
 
 HISTORY_LENGTH = 20
 KEPT_REPORT_FOLDERS = 50
@@ -63,19 +61,6 @@ class ResultsPanel:
                 self.report_files]
 
 
-def json_safe(value: Any) -> Any:
-    """The report as strict JSON values (NaN and infinities become null, numpy scalars plain numbers)."""
-    if isinstance(value, dict):
-        return {str(k): json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_safe(v) for v in value]
-    if isinstance(value, (np.floating, np.integer)):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
 def save_report_files(ctx: ServerContext, comparison: Comparison) -> list[str]:
     """report.json, report.md, the three PNGs (lossless) and the charts, in a fresh folder; the newest 50 kept."""
     folder = Path(tempfile.mkdtemp(dir=ctx.reports_dir, prefix="run-"))
@@ -95,7 +80,7 @@ def history_entry(comparison: Comparison, files: list[str], number: int) -> dict
     return {
         "number": number,
         "time": time.strftime("%H:%M:%S"),
-        "report": json_safe(comparison.to_report()),
+        "report": comparison.report(),
         "baseline": comparison.baseline.image,
         "optimized": comparison.optimized.image,
         "heatmap": comparison.heatmap,
@@ -125,7 +110,7 @@ def render(entry: dict[str, Any]) -> list[Any]:
         charts.per_step_chart(report),
         charts.work_chart(report),
         details_markdown(report),
-        report,
+        json_safe(report.to_json()),
         entry["files"],
     ]
 
@@ -156,9 +141,11 @@ def build_results() -> ResultsPanel:
             metrics = gr.Dataframe(headers=["metric", "baseline", "optimized"], value=[], interactive=False,
                                    wrap=True, max_height=900, column_widths=["34%", "33%", "33%"],
                                    elem_id="metrics-table")
-            gr.Markdown("Latency is per image, median of the timed runs with min-max; memory is the peak during the "
-                        "timed runs (GPU allocated on CUDA, process RSS growth on CPU). “within noise” in the "
-                        "summary: the two sides' min-max ranges overlap.", elem_classes="lab-note")
+            gr.Markdown("Latency is per image, median of the timed runs with min-max. The two sides' timed runs are "
+                        "taken in turns, so the machine's ups and downs hit both alike; the speedup is the geometric "
+                        "mean of the paired ratios with its 95% confidence interval, and “no measurable difference” "
+                        "means the interval includes 1.0 (or the difference is under 2%). Memory is the peak during "
+                        "the timed runs (GPU allocated on CUDA, process RSS growth on CPU).", elem_classes="lab-note")
         with gr.Tab("Charts", id="tab-charts"):
             with gr.Row():
                 latency_plot = gr.Plot(label="Latency", format="png", show_label=False)

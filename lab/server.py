@@ -12,9 +12,11 @@ import signal
 import sys
 
 from optim.logs import quiet_libraries
+from optim.machine import steady_threads
 
 
 def main() -> None:
+    steady_threads()
     quiet_libraries()
     from lab.context import ServerContext
     from lab.layout import LAUNCH_KWARGS, build_demo

@@ -19,7 +19,8 @@ from optim.engine import prepare
 from optim.errors import OptimError
 from optim.limits import check_run
 from optim.models import POPULAR_MODELS
-from optim.report import fmt_mb, fmt_s, summary_rows
+from optim.report import fmt_mb, fmt_s, runs_text, summary_rows
+from optim.report_model import Report
 from optim.synthetic import SYNTHETIC_MODELS
 
 log = logging.getLogger("optim.app")
@@ -111,39 +112,39 @@ def model_note(ctx: ServerContext, model: str) -> str:
 # ------------------------------------------------------------------------------------------- results
 
 
-HISTORY_HEADERS = ["#", "preset", "run", "speedup", "peak memory", "PSNR", "work done"]
+HISTORY_HEADERS = ["#", "preset", "run", "speedup", "verdict", "memory", "PSNR", "work"]
 
 
 def history_rows(history: list[dict[str, Any]]) -> list[list[Any]]:
     rows = []
     for entry in reversed(history):
-        r = entry["report"]
-        run, quality = r["run"], r["quality"]
+        r: Report = entry["report"]
+        run, quality = r.run, r.quality
         rows.append([
             entry["number"],
-            r["preset"]["name"],
-            f"{run['model']} · {run['steps']} steps · {run['width']}×{run['height']} · seed {run['seed']} "
+            r.preset.name,
+            f"{run['model']} · {plural(run['steps'], 'step')} · {run['width']}×{run['height']} · seed {run['seed']} "
             f"· {entry['time']}",
-            f"{r['speedup']:.2f}×",
-            f"{fmt_mb(r['baseline']['peak_memory_mb'])} → {fmt_mb(r['optimized']['peak_memory_mb'])}",
-            "identical" if quality["psnr_db"] is None else f"{quality['psnr_db']:.1f} dB",
-            f"{r['optimized']['work_fraction']:.0%}",
+            f"{r.speedup:.2f}×",
+            r.verdict,
+            f"{fmt_mb(r.baseline.peak_memory_mb)} → {fmt_mb(r.optimized.peak_memory_mb)}",
+            "identical" if quality.psnr_db is None else f"{quality.psnr_db:.1f} dB",
+            f"{r.optimized.work_fraction:.0%}",
         ])
     return rows
 
 
-def metrics_rows(report: dict[str, Any]) -> list[list[str]]:
-    """The engine's summary rows, with the memory saving and the work skipped spelled out."""
+def plural(count: int, word: str) -> str:
+    return f"{count} {word}{'' if count == 1 else 's'}"
+
+
+def metrics_rows(report: Report) -> list[list[str]]:
+    """The engine's summary rows, with the work skipped spelled out."""
     rows = [list(row) for row in summary_rows(report)]
-    saving = report["memory_saving_mb"]
-    base_peak = report["baseline"]["peak_memory_mb"] or 0.0
-    share = f" ({-saving / base_peak:+.0%})".replace("-", "−") if base_peak > 0 else ""
-    text = f"saves {fmt_mb(saving)}{share}" if saving >= 0 else f"uses {fmt_mb(-saving)} more{share}"
-    index = next((i for i, r in enumerate(rows) if r[0] == "peak memory"), len(rows) - 1) + 1
-    rows.insert(index, ["peak memory saving", "", text])
-    work = report["optimized"]["work_fraction"]
+    work = report.optimized.work_fraction
     index = next((i for i, r in enumerate(rows) if r[0] == "transformer work computed"), len(rows) - 1) + 1
     rows.insert(index, ["transformer work skipped", "0%", f"{max(0.0, 1 - work):.0%}"])
+    rows.insert(2, ["timed runs", runs_text(report), ""])
     return rows
 
 
@@ -152,75 +153,107 @@ def _tile(title: str, value: str, sub: str, tone: str = "") -> str:
             f"<div class='lab-stat-value'>{value}</div><div class='lab-stat-sub'>{sub}</div></div>")
 
 
-def headline_html(report: dict[str, Any]) -> str:
-    """The four numbers people look at first, and what was compared."""
-    b, o, q = report["baseline"], report["optimized"], report["quality"]
-    speedup = report["speedup"]
-    tone = "good" if speedup >= 1.03 else "bad" if speedup <= 0.97 else ""
-    latency = f"{fmt_s(b['latency_s']['median'])} → {fmt_s(o['latency_s']['median'])}"
-    # Overlapping min-max ranges of the timed runs: the difference is within this machine's timing noise.
-    overlap = (o["latency_s"]["max"] >= b["latency_s"]["min"] and b["latency_s"]["max"] >= o["latency_s"]["min"]
-               and len(b["latency_s"]["runs"]) + len(o["latency_s"]["runs"]) > 2)
-    if overlap:
-        tone, latency = "", latency + " · within noise"
-    saving = report["memory_saving_mb"]
-    base_peak = b["peak_memory_mb"] or 0.0
+VERDICT_WORDS = {
+    "faster": "faster",
+    "slower": "slower",
+    "no measurable difference": "no measurable difference",
+    "too few runs": "too few runs to tell",
+}
+
+
+def headline_html(report: Report) -> str:
+    """The four numbers people look at first, how sure the speedup is, and what was compared."""
+    b, o, q, timing = report.baseline, report.optimized, report.quality, report.timing
+    speedup, interval = report.speedup, timing.speedup
+    tone = {"faster": "good", "slower": "bad"}.get(report.verdict, "")
+    latency = f"{fmt_s(b.latency_s.median)} → {fmt_s(o.latency_s.median)}"
+    if interval.low is not None:
+        sure = f"{VERDICT_WORDS[report.verdict]} · 95% CI {interval.low:.2f}–{interval.high:.2f}×"
+    else:
+        sure = "one run per side: no interval (use auto or 3+ runs)"
+    memory = timing.memory_saving_mb
+    saving = report.memory_saving_mb
+    base_peak = b.peak_memory_mb or 0.0
     mem_share = (f"{abs(saving) / base_peak:.0%} {'less' if saving >= 0 else 'more'} than {fmt_mb(base_peak)}"
                  if base_peak > 0 else "baseline peak 0 MB")
-    mem_tone = "good" if saving > 0.02 * base_peak and saving > 1 else "bad" if saving < -0.02 * base_peak - 1 else ""
-    psnr = q["psnr_db"]
+    mem_tone = {"less": "good", "more": "bad"}.get(memory.verdict, "")
+    if memory.verdict == "no measurable difference":
+        mem_share += " · no measurable difference"
+    psnr = q.psnr_db
     quality_value = "identical" if psnr is None else f"{psnr:.1f} dB"
     quality_tone = "good" if psnr is None or psnr >= 40 else "bad" if psnr < 25 else ""
-    skipped = max(0.0, 1 - o["work_fraction"])
-    run, env = report["run"], report["environment"]
+    skipped = max(0.0, 1 - o.work_fraction)
+    run, env = report.run, report.environment
     badges = [
-        f"preset <b>{escape(report['preset']['name'])}</b>",
+        f"preset <b>{escape(report.preset.name)}</b>",
         f"{escape(run['model'])}",
-        f"{run['steps']} steps · {run['width']}×{run['height']} · seed {run['seed']}",
+        f"{plural(run['steps'], 'step')} · {run['width']}×{run['height']} · seed {run['seed']}",
         f"{escape(str(env.get('device_name') or env['device']))}",
+        f"{plural(timing.runs_per_side, 'timed run')} per side, "
+        + ("in turns" if timing.mode == "interleaved" else "sequential"),
     ]
-    if b.get("reused"):
-        badges.append("<b>baseline reused</b>: measured earlier on this server with the same settings")
+    if b.reused:
+        badges.append("<b>baseline kept warm</b>: loaded earlier, timed again now")
+    notes = []
+    if timing.contention.note:
+        notes.append(f"<b>Busy machine:</b> {escape(timing.contention.note)}.")
+    if timing.mode == "sequential" and timing.reason:
+        notes.append(f"<b>Sequential timing:</b> {escape(timing.reason)}.")
     return (
         "<div class='lab-stats'>"
-        + _tile("Speedup", f"{speedup:.2f}×", latency, tone)
+        + _tile("Speedup", f"{speedup:.2f}×", f"{latency}<br>{sure}", tone)
         + _tile("Peak memory", ("±" if abs(saving) < 0.05 else "−" if saving > 0 else "+") + fmt_mb(abs(saving)),
                 mem_share, mem_tone)
-        + _tile("Quality (PSNR)", quality_value, f"SSIM {q['ssim']:.4f} · max diff {q['max_abs_diff']}/255",
+        + _tile("Quality (PSNR)", quality_value, f"SSIM {q.ssim:.4f} · max diff {q.max_abs_diff}/255",
                 quality_tone)
         + _tile("Work skipped", f"{skipped:.0%}", "of the transformer's work", "good" if skipped > 0.01 else "")
         + "</div><div class='lab-badges'>" + "".join(f"<span>{x}</span>" for x in badges) + "</div>"
+        + "".join(f"<div class='lab-note warn'>{note}</div>" for note in notes)
     )
 
 
-def details_markdown(report: dict[str, Any]) -> str:
-    run, env = report["run"], report["environment"]
-    isolation = "each side in its own process" if env.get("isolation") == "process" else "in this process"
+def details_markdown(report: Report) -> str:
+    run, env, timing = report.run, report.environment, report.timing
+    isolation = ("each side in its own process, both loaded at once" if env.get("isolation") == "process"
+                 else "in this process, one side after the other")
+    threads = env.get("threads") or {}
     lines = [
         "### Run",
-        f"Model `{run['model']}` · “{run['prompt']}” · seed {run['seed']} · {run['steps']} steps · "
+        f"Model `{run['model']}` · “{run['prompt']}” · seed {run['seed']} · {plural(run['steps'], 'step')} · "
         f"{run['width']}×{run['height']} · guidance {run['guidance_scale']} · {run['dtype']} on {env['device']} "
-        f"({env.get('device_name')}) · {run['warmup_runs']} warm-up + {run['timed_runs']} timed runs per side, "
-        f"{isolation} · torch {env.get('torch')}, diffusers {env.get('diffusers')}",
+        f"({env.get('device_name')}) · {plural(run['warmup_runs'], 'warm-up run')} per side · {isolation} · "
+        f"torch {env.get('torch')}, diffusers {env.get('diffusers')}",
+        "",
+        "### How sure",
+        f"**{timing.speedup.text}.** Timed runs: {runs_text(report)}; {timing.order}. The interval is a "
+        f"{timing.speedup.method}; differences under 2% are not called faster or slower. "
+        f"{threads.get('torch_threads', '?')} torch threads, OpenMP wait policy "
+        f"{threads.get('omp_wait_policy', '?')}.",
+    ]
+    if timing.reason:
+        lines.append(f"Timing was {timing.mode}: {timing.reason}.")
+    if timing.contention.note:
+        lines.append(f"Note: {timing.contention.note}.")
+    if timing.baseline_reuse:
+        lines.append(f"Baseline: {timing.baseline_reuse}.")
+    if env.get("isolation_note"):
+        lines.append(env["isolation_note"] + ".")
+    lines += [
         "",
         "### Applied to the optimized side, in order",
-        *([f"1. {step}" for step in report["optimized"]["applied"]] or ["Nothing: both sides ran the same pipeline."]),
+        *([f"1. {step}" for step in report.optimized.applied] or ["Nothing: both sides ran the same pipeline."]),
     ]
-    warnings = list(report["optimized"]["warnings"])
-    if report["baseline"].get("reused"):
-        lines += ["", "The baseline was **reused**: this server measured it earlier with the same model and run "
-                  "settings (its numbers are from that run)."]
-    if warnings:
-        lines += ["", "### Warnings", *[f"- {w}" for w in warnings]]
+    if report.optimized.warnings:
+        lines += ["", "### Warnings", *[f"- {w}" for w in report.optimized.warnings]]
     return "\n".join(lines)
 
 
-def heatmap_caption(report: dict[str, Any]) -> str:
-    scale = report["quality"]["heatmap_scale"]
-    if report["quality"]["max_abs_diff"] == 0:
+def heatmap_caption(report: Report) -> str:
+    scale = report.quality.heatmap_scale
+    if report.quality.max_abs_diff == 0:
         return "**Bit-identical**: no pixel differs."
-    return (f"Largest per-pixel channel difference, black = identical, **white = {scale} level"
-            f"{'s' if scale != 1 else ''} of 255**. Mean difference {report['quality']['mean_abs_diff']:.3f}.")
+    return (f"Largest per-pixel channel difference, black = identical, **white = {plural(scale, 'level')} of "
+            f"255**. Mean difference {report.quality.mean_abs_diff:.3f}.")
 
 
 # -------------------------------------------------------------------------------------- about this server

@@ -23,7 +23,7 @@ from lab.context import ServerContext
 from optim import config as C
 from optim import errors
 from optim.config import RunSpec
-from optim.engine import BaselineCache, Comparison, compare, prepare
+from optim.engine import Comparison, compare, prepare
 from optim.errors import OptimError
 from optim.models import ModelDefaults, download_model
 from optim.presets import Preset
@@ -40,7 +40,8 @@ def estimate_gpu_seconds(ctx: ServerContext, run: RunSpec, preset: Preset) -> in
         defaults = ModelDefaults()
     steps = run.steps or defaults.steps
     megapixels = (run.width or defaults.width) * (run.height or defaults.height) / 1024**2
-    calls_per_side = run.warmup_runs + run.timed_runs + (1 if isinstance(preset.optim.cache, C.MagCache) else 0)
+    timed = run.timed_runs if isinstance(run.timed_runs, int) else 6  # auto runs block-wise, 6 per side, there
+    calls_per_side = run.warmup_runs + timed + (1 if isinstance(preset.optim.cache, C.MagCache) else 0)
     seconds_per_step = 0.4 * max(megapixels, 0.25)  # FLUX.1-dev bf16 on an H200: ~0.3 s per 1024² step
     estimate = 30 + 2 * 25 + 2 * calls_per_side * steps * seconds_per_step
     ceiling = int(os.environ.get("OPTIM_ZEROGPU_MAX_DURATION", "300"))
@@ -60,8 +61,7 @@ class ZeroGpu:
     def _compare_on_gpu(self, run: RunSpec, preset: Preset) -> tuple[str, Any]:
         """Inside ZeroGPU's GPU process. Returns ("ok", comparison) or ("error", (class name, message))."""
         try:
-            comparison = compare(run, preset, isolation="inline", baseline_cache=BaselineCache(),
-                                 allow_local=self.ctx.limits.allow_local_models,
+            comparison = compare(run, preset, isolation="inline", allow_local=self.ctx.limits.allow_local_models,
                                  local_roots=self.ctx.limits.local_model_roots)
         except OptimError as error:
             return "error", (type(error).__name__, str(error))

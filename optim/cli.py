@@ -22,6 +22,15 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"error: {message} (see python -m optim {self.prog.split()[-1]} --help)\n")
 
 
+def _runs(text: str) -> int | str:
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number or 'auto'") from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="python -m optim", description="Compare a diffusers pipeline with and without optimizations.")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -40,7 +49,15 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"])
     compare.add_argument("--device", choices=["auto", "cpu", "cuda"])
     compare.add_argument("--warmup", type=int, dest="warmup_runs", help="warm-up runs per side (>= 1)")
-    compare.add_argument("--runs", type=int, dest="timed_runs", help="timed runs per side")
+    compare.add_argument("--runs", type=_runs, dest="timed_runs",
+                         help="timed runs per side, taken in turns with the other side; 'auto' (default): until the "
+                              "speedup is known to --target or --budget is spent")
+    compare.add_argument("--target", type=float, dest="target_precision",
+                         help="auto runs: stop when the speedup's 95%% interval is this narrow (default 0.05)")
+    compare.add_argument("--budget", type=float, dest="time_budget_s",
+                         help="auto runs: stop after this many seconds of timed runs (default 60)")
+    compare.add_argument("--timing", choices=["auto", "interleaved", "sequential"],
+                         help="interleaved: both sides loaded, runs in turns; sequential: one side after the other")
     compare.add_argument(
         "--isolation",
         choices=["process", "inline"],
@@ -57,6 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     capabilities.add_argument("--json", action="store_true")
 
     commands.add_parser("schema", help="print the JSON Schema of a preset file")
+    commands.add_parser("report-schema", help="print the JSON Schema of report.json")
 
     reference = commands.add_parser("reference", help="print README's option tables (written from the settings)")
     reference.add_argument("--write", type=Path, metavar="README", help="rewrite the options part of this file")
@@ -67,7 +85,8 @@ def run_settings(args: argparse.Namespace) -> dict[str, Any]:
     """Only the run settings given on the command line; the rest stay at their defaults."""
     names = [
         "model", "prompt", "negative_prompt", "seed", "steps", "width", "height", "guidance_scale",
-        "max_sequence_length", "dtype", "device", "warmup_runs", "timed_runs",
+        "max_sequence_length", "dtype", "device", "warmup_runs", "timed_runs", "target_precision", "time_budget_s",
+        "timing",
     ]
     return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
 
@@ -89,18 +108,21 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from optim.config import parse_run
     from optim.engine import compare
     from optim.presets import load_preset
-    from optim.report import summary_table, write_report
+    from optim.report import runs_text, summary_table, write_report
 
     run = parse_run(run_settings(args))
     preset = load_preset(args.preset)
     comparison = compare(run, preset, isolation=args.isolation, progress=_progress(args.quiet))
     report = write_report(comparison, args.out)
-    print(f"{preset.name}: {report['run']['model']}, {report['run']['steps']} steps, "
-          f"{report['run']['width']}x{report['run']['height']}, {report['environment']['device_name']}")
+    print(f"{preset.name}: {report.run['model']}, {report.run['steps']} steps, "
+          f"{report.run['width']}x{report.run['height']}, {report.environment['device_name']}")
+    print(f"{report.timing.speedup.text}; timed runs: {runs_text(report)}")
     print(summary_table(report))
-    for warning in report["optimized"]["warnings"]:
-        print(f"warning: {warning}")
-    print(f"wrote {args.out}/report.json and {len(report['files']) - 1} more files")
+    notes = [report.timing.reason and f"timing {report.timing.mode}: {report.timing.reason}",
+             report.timing.contention.note, *report.optimized.warnings]
+    for note in filter(None, notes):
+        print(f"note: {note}")
+    print(f"wrote {args.out}/report.json and {len(report.files) - 1} more files")
     return 0
 
 
@@ -146,6 +168,13 @@ def cmd_schema(_args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report_schema(_args: argparse.Namespace) -> int:
+    from optim.report_model import report_json_schema
+
+    print(json.dumps(report_json_schema(), indent=2))
+    return 0
+
+
 def cmd_reference(args: argparse.Namespace) -> int:
     from optim.reference import options_markdown, write_readme
 
@@ -162,11 +191,13 @@ def cmd_reference(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     from optim.logs import quiet_libraries
+    from optim.machine import steady_threads
 
+    steady_threads()
     quiet_libraries()
     args = build_parser().parse_args(argv)
     handlers = {"compare": cmd_compare, "presets": cmd_presets, "capabilities": cmd_capabilities, "schema": cmd_schema,
-                "reference": cmd_reference}
+                "reference": cmd_reference, "report-schema": cmd_report_schema}
     try:
         return handlers[args.command](args)
     except OptimError as error:

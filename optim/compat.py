@@ -136,12 +136,13 @@ def check(optim: C.OptimConfig, run: ResolvedRun, model: ModelInfo) -> None:
             "sequential CPU offload cannot move bitsandbytes-quantized weights (diffusers#10800, bitsandbytes#1525: "
             "closed as won't fix); use model_cpu offload, or group offload with use_stream"
         )
-    if isinstance(optim.quantization, C.BitsAndBytes8Bit) and optim.offload.mode == "group":
+    if isinstance(optim.quantization, C.BitsAndBytes8Bit) and optim.offload.mode == "group" and cuda:
         raise IncompatibleError(
             "group offload cannot offload bitsandbytes 8-bit weights: their int8 copy (state.CB) stays on the GPU, "
             "so nothing is saved, and without streams it ends on the wrong device; use 4-bit, or model_cpu offload"
         )
-    if isinstance(optim.quantization, C.Quanto) and optim.offload.mode == "group" and not optim.offload.offload_to_disk:
+    if (isinstance(optim.quantization, C.Quanto) and optim.offload.mode == "group" and not optim.offload.offload_to_disk
+            and cuda):  # (on a CPU onload and offload are the same device: nothing moves)
         raise IncompatibleError(
             "group offload cannot move quanto-quantized weights: diffusers moves each tensor with `tensor.data = "
             "moved`, which leaves quanto's inner int8 data and scales where they were. Use torchao (diffusers "

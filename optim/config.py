@@ -177,9 +177,19 @@ class RunSpec(Settings):
     warmup_runs: Annotated[int, Field(ge=1, le=10)] = Field(
         1, **info("Warm-up runs", "Untimed runs per side before timing (the first also counts skipped work).",
                   advanced=True))
-    timed_runs: Annotated[int, Field(ge=1, le=50)] = Field(
-        3, **info("Timed runs", "Per side; the median is reported with min-max. More: steadier, slower.",
-                  advanced=True))
+    timed_runs: Annotated[int, Field(ge=1, le=100)] | Literal["auto"] = Field(
+        "auto", **info("Timed runs", "Per side, taken in turns with the other side. auto: runs until the speedup is "
+                       "known to within the target precision or the time budget is spent.", advanced=True))
+    target_precision: Annotated[float, Field(ge=0.005, le=0.5)] = Field(
+        0.05, **info("Target precision", "auto runs stop once the speedup's 95% interval is this narrow (0.05: "
+                     "within about ±5%).", advanced=True))
+    time_budget_s: Annotated[float, Field(gt=0.0, le=3600.0)] = Field(
+        60.0, **info("Time budget (s)", "auto runs stop after this many seconds of timed runs, precise or not.",
+                     advanced=True))
+    timing: Literal["auto", "interleaved", "sequential"] = Field(
+        "auto", **info("Timing", "interleaved: both sides loaded at once, timed runs taken in turns, so whatever "
+                       "the machine does hits both alike; sequential: one side's runs, then the other's (when both "
+                       "cannot be loaded together); auto: interleaved when both fit in memory.", advanced=True))
 
 
 # ------------------------------------------------------------------------------------------------- attention

@@ -1,11 +1,19 @@
 """Compare a pipeline with and without a preset's optimizations: the engine's one entry point.
 
     >>> comparison = compare(RunSpec(), load_preset("first-block-cache"))   # doctest: +SKIP
-    >>> comparison.speedup, comparison.quality["psnr_db"]                    # doctest: +SKIP
+    >>> comparison.speedup, comparison.speedup_interval.verdict              # doctest: +SKIP
+    (1.21, 'faster')
 
-Data flows one way: `RunSpec` + `Preset` (validated) -> checks before loading (`optim.compat`) -> baseline side
-and optimized side, each measured under one protocol (`optim.measure`), each in its own process by default
-(`optim.worker`) -> quality metrics -> a `Comparison` of plain data (`to_report()` is report.json).
+Data flows one way: `RunSpec` + `Preset` (validated) -> checks before loading (`optim.compat`) -> both sides
+prepared (loaded, optimized, probed, warmed up), each in its own process by default (`optim.worker`) -> timed
+runs taken in turns, baseline and optimized, in a balanced order (A B B A ...) so that whatever else the machine
+does hits both sides alike -> a speedup with its 95% confidence interval and a verdict (`optim.stats`), the
+machine's load during each run (`optim.machine`) -> quality metrics -> a `Comparison` of plain data
+(`to_report()` is report.json).
+
+When both sides cannot be loaded at once (memory, or inline isolation where they would share process-wide
+settings), the runs are taken in blocks instead, baseline - optimized - baseline, and the report says
+`timing.mode: "sequential"` with the reason.
 """
 
 from __future__ import annotations
@@ -16,21 +24,111 @@ import statistics
 import threading
 import time
 from collections import OrderedDict
-from dataclasses import dataclass
-from typing import Any, Callable
+from dataclasses import dataclass, field
+from typing import Any, Callable, Protocol
 
 import numpy as np
 
 from optim import capabilities, compat
 from optim.config import OptimConfig, RunSpec
 from optim.errors import ConfigError
-from optim.measure import Progress, SideJob, SideResult, run_side
+from optim.machine import BUSY_CORES
+from optim.measure import Final, Progress, Setup, Side, SideJob, SideResult, Timing
 from optim.metrics import diff_heatmap, image_quality
 from optim.models import ModelRef, ResolvedRun, resolve_model, resolve_run
 from optim.presets import Preset, make_preset, preset_to_dict
+from optim.report_model import REPORT_SCHEMA_VERSION, Report
+from optim.stats import (
+    DifferenceInterval,
+    RatioInterval,
+    describe_speedup,
+    paired_difference_interval,
+    paired_ratio_interval,
+    unpaired_ratio_interval,
+)
 from optim.workcount import work_fractions
 
 ISOLATION_MODES = ("process", "inline")
+# "auto" runs: at least this many pairs before the interval may stop them, and this many runs per side when
+# sequential timing cannot adapt.
+MIN_AUTO_PAIRS = 4
+SEQUENTIAL_AUTO_RUNS = 6
+# Memory a second side needs beyond the first one's peak: allocator slack, a CUDA context.
+FIT_MARGIN = 1.10
+FIT_EXTRA_MB = {"cuda": 1024.0, "cpu": 256.0}
+
+
+class SideHandle(Protocol):
+    """A prepared side that can be timed on demand: `optim.measure.Side` in this process, or
+    `optim.worker.RemoteSide` in its own."""
+
+    def prepare(self) -> Setup: ...
+    def timed(self, label: str = ...) -> Timing: ...
+    def footprint(self) -> tuple[float, float, float | None]: ...
+    def finish(self) -> Final: ...
+    def close(self) -> None: ...
+
+
+@dataclass
+class TimingSummary:
+    """How the timed runs were taken, how far to trust the ratio, and what the machine was doing."""
+
+    mode: str  # "interleaved" or "sequential"
+    reason: str | None
+    order: str
+    runs_per_side: int
+    auto: bool
+    target_precision: float
+    time_budget_s: float
+    timed_s: float
+    stopped_because: str
+    speedup: RatioInterval
+    memory: DifferenceInterval
+    busy_runs: int
+    runs: int
+    others_cores_mean: float | None
+    baseline_reuse: str | None = None
+
+    @property
+    def target_met(self) -> bool | None:
+        width = self.speedup.half_width
+        return None if width is None else width <= self.target_precision
+
+    @property
+    def busy_share(self) -> float:
+        return self.busy_runs / self.runs if self.runs else 0.0
+
+    def contention_note(self) -> str | None:
+        if not self.busy_runs:
+            return None
+        return (f"the machine was busy during {self.busy_share:.0%} of the timed runs (other processes used "
+                f"{self.others_cores_mean or 0:.2f} of a core on average): ratios are less certain, and the "
+                "interval says by how much")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "mode": self.mode,
+            "reason": self.reason,
+            "order": self.order,
+            "runs_per_side": self.runs_per_side,
+            "auto": self.auto,
+            "target_precision": self.target_precision,
+            "time_budget_s": self.time_budget_s,
+            "timed_s": self.timed_s,
+            "stopped_because": self.stopped_because,
+            "target_met": self.target_met,
+            "speedup": {**self.speedup.to_dict(), "text": describe_speedup(self.speedup)},
+            "memory_saving_mb": self.memory.to_dict(),
+            "contention": {
+                "busy_runs": self.busy_runs,
+                "runs": self.runs,
+                "busy_share": self.busy_share,
+                "busy_threshold_cores": BUSY_CORES,
+                "others_cores_mean": self.others_cores_mean,
+                "note": self.contention_note(),
+            },
+            "baseline_reuse": self.baseline_reuse,
+        }
 
 
 @dataclass
@@ -47,12 +145,18 @@ class Comparison:
     heatmap_scale: int
     work_fraction: float
     work_per_step: list[float]
+    timing: TimingSummary
     baseline_reused: bool = False
     elapsed_s: float = 0.0
 
     @property
+    def speedup_interval(self) -> RatioInterval:
+        return self.timing.speedup
+
+    @property
     def speedup(self) -> float:
-        return self.baseline.median_s / self.optimized.median_s
+        """Baseline time over optimized time: the geometric mean of the paired ratios (see `optim.stats`)."""
+        return self.timing.speedup.estimate
 
     def side_report(self, side: SideResult, *, work_fraction: float, work_per_step: list[float]) -> dict[str, Any]:
         return {
@@ -64,6 +168,7 @@ class Comparison:
             },
             "per_step_s": side.per_step_s,
             "peak_memory_mb": side.peak_memory_mb,
+            "peak_memory_runs_mb": [t.peak_memory_mb for t in side.timings],
             "reserved_memory_mb": side.reserved_memory_mb,
             "host_peak_memory_mb": side.host_peak_memory_mb,
             "load_s": side.load_s,
@@ -78,6 +183,8 @@ class Comparison:
             "applied": side.applied,
             "warnings": side.warnings,
             "deterministic": side.deterministic,
+            "runs": [{"latency_s": t.latency_s, "peak_memory_mb": t.peak_memory_mb, **t.load.to_dict()}
+                     for t in side.timings],
         }
 
     def to_report(self) -> dict[str, Any]:
@@ -89,8 +196,9 @@ class Comparison:
             if key in self.optimized.details:
                 optimized[key] = self.optimized.details[key]
         baseline_steps = [1.0] * len(self.baseline.step_work)
+        speedup = self.timing.speedup
         return {
-            "schema_version": 1,
+            "schema_version": REPORT_SCHEMA_VERSION,
             "run": self.run.to_dict(),
             "preset": {**preset_to_dict(self.preset), "optim": self.preset.optim.model_dump(mode="json")},
             "environment": self.environment,
@@ -99,11 +207,37 @@ class Comparison:
                 "reused": self.baseline_reused,
             },
             "optimized": optimized,
-            "speedup": self.speedup,
+            "speedup": speedup.estimate,
+            "speedup_interval": [speedup.low, speedup.high],
+            "verdict": speedup.verdict,
+            "timing": self.timing.to_dict(),
             "memory_saving_mb": self.baseline.peak_memory_mb - self.optimized.peak_memory_mb,
             "quality": {**self.quality, "heatmap_scale": self.heatmap_scale},
             "elapsed_s": self.elapsed_s,
         }
+
+    @classmethod
+    def from_sides(cls, run: ResolvedRun, preset: Preset, baseline: SideResult, optimized: SideResult, *,
+                   environment: dict[str, Any], timing: TimingSummary | None = None, baseline_reused: bool = False,
+                   started: float | None = None) -> Comparison:
+        """Everything derived from two measured sides: quality, the heatmap, the work fraction and (when not
+        given) the timing summary of their runs taken as two independent blocks."""
+        if timing is None:
+            runs = _Runs(baseline=list(baseline.timings), optimized=list(optimized.timings),
+                         timed_s=sum(baseline.latency_s) + sum(optimized.latency_s))
+            timing = _summary("sequential", "the two sides were measured separately", "one side, then the other",
+                              run, runs, "measured separately", None)
+        quality = image_quality(baseline.image, optimized.image)
+        heatmap, scale = diff_heatmap(baseline.image, optimized.image)
+        fraction, per_step = work_fractions(optimized.step_work, baseline.step_work)
+        return cls(run=run, preset=preset, environment=environment, baseline=baseline, optimized=optimized,
+                   quality=quality, heatmap=heatmap, heatmap_scale=scale, work_fraction=fraction,
+                   work_per_step=per_step, timing=timing, baseline_reused=baseline_reused,
+                   elapsed_s=time.perf_counter() - started if started is not None else 0.0)
+
+    def report(self) -> Report:
+        """report.json as typed data (`optim.report_model.Report`)."""
+        return Report.model_validate(self.to_report())
 
     def quantized_sizes(self) -> dict[str, dict[str, float | None]]:
         """Each quantized component's size before (baseline) and after (optimized), from the weights."""
@@ -119,10 +253,13 @@ class Comparison:
 
 
 class BaselineCache:
-    """Baseline results by run settings, so a server measures the same baseline once (bounded, thread-safe)."""
+    """Warm baselines a server keeps between comparisons: the side's process stays loaded (probe and warm-up
+    done), so the next comparison with the same model and run settings skips its load, and times it again, in
+    turns with the new side. A ratio is never taken against runs made at another time. Holds at most
+    `max_entries` (each is a loaded pipeline); thread-safe; `clear()` closes them."""
 
-    def __init__(self, max_entries: int = 16) -> None:
-        self._entries: OrderedDict[str, SideResult] = OrderedDict()
+    def __init__(self, max_entries: int = 1) -> None:
+        self._entries: OrderedDict[str, tuple[SideHandle, Setup]] = OrderedDict()
         self._lock = threading.Lock()
         self.max_entries = max_entries
 
@@ -131,30 +268,37 @@ class BaselineCache:
         data = json.dumps({"model": model.location, "run": run.to_dict()}, sort_keys=True)
         return hashlib.sha256(data.encode()).hexdigest()
 
-    def get(self, key: str) -> SideResult | None:
+    def take(self, key: str) -> tuple[SideHandle, Setup] | None:
+        """The warm baseline for `key`, removed from the cache while a comparison uses it."""
         with self._lock:
-            if key in self._entries:
-                self._entries.move_to_end(key)
-                return self._entries[key]
-            return None
+            return self._entries.pop(key, None)
 
-    def put(self, key: str, result: SideResult) -> None:
+    def put(self, key: str, side: SideHandle, setup: Setup) -> None:
+        evicted = []
         with self._lock:
-            self._entries[key] = result
+            self._entries[key] = (side, setup)
             self._entries.move_to_end(key)
             while len(self._entries) > self.max_entries:
-                self._entries.popitem(last=False)
+                evicted.append(self._entries.popitem(last=False)[1][0])
+        for old in evicted:
+            old.close()
 
     def clear(self) -> None:
         with self._lock:
+            entries = list(self._entries.values())
             self._entries.clear()
+        for side, _ in entries:
+            side.close()
+
+    def __len__(self) -> int:
+        return len(self._entries)
 
 
-def environment(run: ResolvedRun, isolation: str, side: SideResult) -> dict[str, Any]:
+def environment(run: ResolvedRun, isolation: str, setup: Setup) -> dict[str, Any]:
     info = capabilities.device_info()
     return {
         "device": run.device,
-        "device_name": side.device_name,
+        "device_name": setup.device_name,
         "python": info.python,
         "torch": info.torch,
         "diffusers": info.diffusers,
@@ -163,6 +307,7 @@ def environment(run: ResolvedRun, isolation: str, side: SideResult) -> dict[str,
         "gpu_memory_gb": info.memory_gb,
         "cpu_count": info.cpu_count,
         "isolation": isolation,
+        "threads": setup.threads,
     }
 
 
@@ -177,6 +322,88 @@ def prepare(
     return ref, run
 
 
+def fits_together(setup: Setup, free_mb: float | None, device: str) -> tuple[bool, str]:
+    """Whether a second side fits beside a prepared one: memory still free against the first side's peak (the
+    same model; most optimizations need less, a few more) with a margin."""
+    need = setup.setup_peak_mb * FIT_MARGIN + FIT_EXTRA_MB.get(device, 256.0)
+    where = "GPU memory" if device == "cuda" else "RAM"
+    if free_mb is None:
+        return True, f"free {where} unknown"
+    text = (f"{free_mb:,.0f} MB of {where} free with the baseline loaded; the optimized side needs about "
+            f"{need:,.0f} MB (the baseline's peak {setup.setup_peak_mb:,.0f} MB x {FIT_MARGIN} + "
+            f"{FIT_EXTRA_MB.get(device, 256.0):.0f} MB)")
+    return free_mb >= need, text
+
+
+@dataclass
+class _Runs:
+    """The timed runs of a comparison as they are taken."""
+
+    baseline: list[Timing] = field(default_factory=list)
+    optimized: list[Timing] = field(default_factory=list)
+    timed_s: float = 0.0
+
+
+def _plan(run: ResolvedRun, max_runs: int | None) -> tuple[bool, int]:
+    """(auto, most runs per side)."""
+    if isinstance(run.timed_runs, int):
+        return False, run.timed_runs
+    return True, max(MIN_AUTO_PAIRS, max_runs or 50)
+
+
+def _interleave(baseline: SideHandle, optimized: SideHandle, run: ResolvedRun, runs: _Runs, *,
+                max_runs: int | None) -> str:
+    """Timed runs in turns, balanced: pair i is (baseline, optimized) for even i and (optimized, baseline) for odd
+    i, so neither side is always first. Returns why it stopped."""
+    auto, most = _plan(run, max_runs)
+    pair = 0
+    while True:
+        pair += 1
+        label = f"timed run {pair}" + (f"/{most}" if not auto else ", auto")
+        order = (("baseline", baseline), ("optimized", optimized))
+        for side, handle in (order if pair % 2 else order[::-1]):
+            timing = handle.timed(label)
+            getattr(runs, side).append(timing)
+            runs.timed_s += timing.latency_s
+        if not auto:
+            if pair >= most:
+                return f"the {most} run{'s' if most != 1 else ''} per side asked for"
+            continue
+        if pair >= MIN_AUTO_PAIRS:
+            interval = paired_ratio_interval([t.latency_s for t in runs.baseline],
+                                             [t.latency_s for t in runs.optimized])
+            if interval.half_width is not None and interval.half_width <= run.target_precision:
+                return f"target precision reached (±{interval.half_width:.1%} <= ±{run.target_precision:.0%})"
+        if runs.timed_s >= run.time_budget_s:
+            return f"time budget spent ({runs.timed_s:.1f} s of timed runs >= {run.time_budget_s:g} s)"
+        if pair >= most:
+            return f"run limit reached ({most} per side)"
+
+
+def _summary(mode: str, reason: str | None, order: str, run: ResolvedRun, runs: _Runs, stopped: str,
+             reuse: str | None) -> TimingSummary:
+    b = [t.latency_s for t in runs.baseline]
+    o = [t.latency_s for t in runs.optimized]
+    if mode == "interleaved":
+        speedup = paired_ratio_interval(b, o)
+    else:
+        speedup = unpaired_ratio_interval(b, o)
+    b_peaks = [t.peak_memory_mb for t in runs.baseline]
+    o_peaks = [t.peak_memory_mb for t in runs.optimized]
+    count = min(len(b_peaks), len(o_peaks))
+    memory = paired_difference_interval(b_peaks[:count], o_peaks[:count],
+                                        negligible=max(1.0, 0.02 * max(b_peaks)))
+    loads = [t.load for t in runs.baseline + runs.optimized]
+    others = [t.load.others_cpu_s / t.latency_s for t in runs.baseline + runs.optimized
+              if t.load.others_cpu_s is not None and t.latency_s > 0]
+    return TimingSummary(
+        mode=mode, reason=reason, order=order, runs_per_side=min(len(b), len(o)), auto=run.timed_runs == "auto",
+        target_precision=run.target_precision, time_budget_s=run.time_budget_s, timed_s=runs.timed_s,
+        stopped_because=stopped, speedup=speedup, memory=memory, busy_runs=sum(load.busy for load in loads),
+        runs=len(loads), others_cores_mean=statistics.fmean(others) if others else None, baseline_reuse=reuse,
+    )
+
+
 def compare(
     run_spec: RunSpec,
     preset: Preset | OptimConfig,
@@ -188,11 +415,14 @@ def compare(
     allow_local: bool = True,
     local_roots: Any = None,
     memory_limit_mb: int | None = None,
+    max_runs: int | None = None,
 ) -> Comparison:
     """Measure the baseline and the optimized side under one protocol and compare them.
 
-    `isolation="process"` (default) runs each side in a fresh worker process; `memory_limit_mb` caps what each
-    worker may allocate beyond its start (process isolation only)."""
+    `isolation="process"` (default) runs each side in its own worker process, both loaded at once and timed in
+    turns; "inline" runs them in this process, one after the other. `memory_limit_mb` caps what each worker may
+    allocate beyond its start (process isolation only). `baseline_cache` keeps the baseline's process warm for
+    the next comparison with the same settings. `max_runs` caps "auto" runs per side."""
     if isolation not in ISOLATION_MODES:
         raise ConfigError(f"isolation {isolation!r} is not one of {', '.join(ISOLATION_MODES)}")
     if memory_limit_mb is not None and isolation != "process":
@@ -209,38 +439,114 @@ def compare(
 
         return report
 
-    def measure(job: SideJob) -> SideResult:
+    def open_side(job: SideJob) -> SideHandle:
         if isolation == "process":
-            from optim.worker import run_in_subprocess
+            from optim.worker import RemoteSide
 
-            return run_in_subprocess(job, side_progress(job.side), should_stop)
-        return run_side(job, side_progress(job.side), should_stop)
+            return RemoteSide(job, side_progress(job.side), should_stop)
+        return Side(job, side_progress(job.side), should_stop)
 
+    baseline_job = SideJob("baseline", ref, run, OptimConfig(), memory_limit_mb)
+    optimized_job = SideJob("optimized", ref, run, preset.optim, memory_limit_mb)
+    runs = _Runs()
     key = BaselineCache.key(ref, run)
-    baseline = baseline_cache.get(key) if baseline_cache is not None else None
-    reused = baseline is not None
-    if baseline is None:
-        baseline = measure(SideJob("baseline", ref, run, OptimConfig(), memory_limit_mb))
-        if baseline_cache is not None:
-            baseline_cache.put(key, baseline)
-    optimized = measure(SideJob("optimized", ref, run, preset.optim, memory_limit_mb))
+    warm = baseline_cache.take(key) if (baseline_cache is not None and isolation == "process") else None
+    reused = warm is not None
+    handles: list[SideHandle] = []
+    keep_baseline = False
+    try:
+        if warm is not None:
+            baseline, baseline_setup = warm
+            handles.append(baseline)
+            free = baseline.footprint()[2]
+        else:
+            baseline = open_side(baseline_job)
+            handles.append(baseline)
+            baseline_setup = baseline.prepare()
+            free = baseline_setup.free_mb
+        if isolation == "inline":
+            mode, reason = "sequential", ("inline isolation: both sides share this process, so they cannot be "
+                                          "loaded at once without one's process-wide settings reaching the other")
+        elif run.timing == "sequential":
+            mode, reason = "sequential", "asked for (timing: sequential)"
+        else:
+            fits, why = fits_together(baseline_setup, free, run.device)
+            if fits or run.timing == "interleaved":
+                mode, reason = "interleaved", None if fits else f"asked for although it may not fit: {why}"
+            else:
+                mode, reason = "sequential", f"both sides do not fit at once: {why}"
 
+        if mode == "interleaved":
+            optimized = open_side(optimized_job)
+            handles.append(optimized)
+            optimized_setup = optimized.prepare()
+            stopped = _interleave(baseline, optimized, run, runs, max_runs=max_runs)
+            baseline_final, optimized_final = baseline.finish(), optimized.finish()
+            order = "in turns, balanced: baseline-optimized, then optimized-baseline, and so on"
+            keep_baseline = baseline_cache is not None
+        else:
+            baseline_setup, optimized_setup, baseline_final, optimized_final, stopped = _sequential(
+                baseline, baseline_setup, open_side, baseline_job, optimized_job, run, runs, handles, max_runs)
+            order = "in blocks: baseline, optimized, baseline again (reloaded)"
+    finally:
+        for handle in handles:
+            if keep_baseline and handle is baseline:
+                continue
+            handle.close()
+    if keep_baseline:
+        baseline_cache.put(key, baseline, baseline_setup)
+
+    reuse = ("the baseline's process was kept loaded from an earlier comparison with the same settings: its load, "
+             "probe and warm-up were reused; its timed runs were taken now, in turns with this side") if reused else None
     if progress is not None:
         progress("metrics", 0, 1)
-    quality = image_quality(baseline.image, optimized.image)
-    heatmap, scale = diff_heatmap(baseline.image, optimized.image)
-    fraction, per_step = work_fractions(optimized.step_work, baseline.step_work)
-    return Comparison(
-        run=run,
-        preset=preset,
-        environment=environment(run, isolation, optimized),
-        baseline=baseline,
-        optimized=optimized,
-        quality=quality,
-        heatmap=heatmap,
-        heatmap_scale=scale,
-        work_fraction=fraction,
-        work_per_step=per_step,
-        baseline_reused=reused,
-        elapsed_s=time.perf_counter() - started,
+    return Comparison.from_sides(
+        run, preset,
+        SideResult.build("baseline", baseline_setup, runs.baseline, baseline_final),
+        SideResult.build("optimized", optimized_setup, runs.optimized, optimized_final),
+        environment=environment(run, isolation, optimized_setup),
+        timing=_summary(mode, reason, order, run, runs, stopped, reuse),
+        baseline_reused=reused, started=started,
     )
+
+
+def _sequential(baseline: SideHandle, baseline_setup: Setup, open_side: Callable[[SideJob], SideHandle],
+                baseline_job: SideJob, optimized_job: SideJob, run: ResolvedRun, runs: _Runs,
+                handles: list[SideHandle], max_runs: int | None) -> tuple[Setup, Setup, Final, Final, str]:
+    """Blocks, one side loaded at a time: baseline, optimized, then the baseline again (reloaded), so a drift of
+    the machine over the comparison shows up on both sides of the optimized block."""
+    total = run.timed_runs if isinstance(run.timed_runs, int) else min(SEQUENTIAL_AUTO_RUNS, max_runs or 50)
+    first = max(1, (total + 1) // 2) if total > 1 else 1
+    for index in range(first):
+        timing = baseline.timed(f"timed run {index + 1}/{total}")
+        runs.baseline.append(timing)
+        runs.timed_s += timing.latency_s
+    baseline_final = baseline.finish()
+    baseline.close()
+    handles.remove(baseline)
+    optimized = open_side(optimized_job)
+    handles.append(optimized)
+    optimized_setup = optimized.prepare()
+    for index in range(total):
+        timing = optimized.timed(f"timed run {index + 1}/{total}")
+        runs.optimized.append(timing)
+        runs.timed_s += timing.latency_s
+    optimized_final = optimized.finish()
+    optimized.close()
+    handles.remove(optimized)
+    if total - first > 0:
+        again = open_side(baseline_job)
+        handles.append(again)
+        again.prepare()
+        for index in range(first, total):
+            timing = again.timed(f"timed run {index + 1}/{total}")
+            runs.baseline.append(timing)
+            runs.timed_s += timing.latency_s
+        second = again.finish()
+        same = bool(np.array_equal(baseline_final.image, second.image))
+        baseline_final = Final(image=second.image, deterministic=baseline_final.deterministic and second.deterministic
+                               and same, probe_matches_timed=second.probe_matches_timed)
+    stopped = f"{total} run{'s' if total != 1 else ''} per side" + (" (auto: a fixed count when sequential)"
+                                                                     if run.timed_runs == "auto" else "")
+    return baseline_setup, optimized_setup, baseline_final, optimized_final, stopped
+

@@ -4,7 +4,8 @@ environment variables, with defaults that keep a shared public server (a Hugging
     OPTIM_PUBLIC=1          public mode: no local model folders, tighter limits (on automatically on a Space)
     OPTIM_MAX_PIXELS        width x height (default 1024*1024; public 1024*1024)
     OPTIM_MAX_STEPS         denoising steps (default 100; public 50)
-    OPTIM_MAX_TIMED_RUNS    timed runs per side (default 20; public 5)
+    OPTIM_MAX_TIMED_RUNS    timed runs per side, also the most "auto" takes (default 50; public 10)
+    OPTIM_MAX_TIME_BUDGET_S seconds of timed runs one comparison may take (default 600; public 60)
     OPTIM_MAX_WARMUP_RUNS   warm-up runs per side (default 5; public 2)
     OPTIM_MAX_UPLOAD_BYTES  preset upload size (default 65536)
     OPTIM_MAX_LINK_CHARS    share-link token length (default 4096)
@@ -34,7 +35,8 @@ class Limits:
     public: bool = False
     max_pixels: int = 1024 * 1024
     max_steps: int = 100
-    max_timed_runs: int = 20
+    max_timed_runs: int = 50
+    max_time_budget_s: int = 600
     max_warmup_runs: int = 5
     max_upload_bytes: int = 64 * 1024
     max_link_chars: int = 4096
@@ -49,7 +51,8 @@ class Limits:
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Limits:
         env = os.environ if environ is None else environ
         public = env.get("OPTIM_PUBLIC", "").lower() in ("1", "true", "yes") or bool(env.get("SPACE_ID"))
-        base = cls(public=True, max_steps=50, max_timed_runs=5, max_warmup_runs=2) if public else cls()
+        base = (cls(public=True, max_steps=50, max_timed_runs=10, max_time_budget_s=60, max_warmup_runs=2)
+                if public else cls())
 
         def number(name: str, default: int) -> int:
             value = env.get(name)
@@ -70,6 +73,7 @@ class Limits:
             max_pixels=number("OPTIM_MAX_PIXELS", base.max_pixels),
             max_steps=number("OPTIM_MAX_STEPS", base.max_steps),
             max_timed_runs=number("OPTIM_MAX_TIMED_RUNS", base.max_timed_runs),
+            max_time_budget_s=number("OPTIM_MAX_TIME_BUDGET_S", base.max_time_budget_s),
             max_warmup_runs=number("OPTIM_MAX_WARMUP_RUNS", base.max_warmup_runs),
             max_upload_bytes=number("OPTIM_MAX_UPLOAD_BYTES", base.max_upload_bytes),
             max_link_chars=number("OPTIM_MAX_LINK_CHARS", base.max_link_chars),
@@ -92,8 +96,12 @@ def check_run(run: RunSpec, limits: Limits) -> None:
             f"run.width x run.height: {width}x{height} is more than this server allows "
             f"(at most {limits.max_pixels} pixels, e.g. 1024x1024)"
         )
-    if run.timed_runs > limits.max_timed_runs:
-        problems.append(f"run.timed_runs: {run.timed_runs} is more than this server allows (at most {limits.max_timed_runs})")
+    if isinstance(run.timed_runs, int) and run.timed_runs > limits.max_timed_runs:
+        problems.append(
+            f"run.timed_runs: {run.timed_runs} is more than this server allows (at most {limits.max_timed_runs})")
+    if run.time_budget_s > limits.max_time_budget_s:
+        problems.append(f"run.time_budget_s: {run.time_budget_s:g} is more than this server allows (at most "
+                        f"{limits.max_time_budget_s})")
     if run.warmup_runs > limits.max_warmup_runs:
         problems.append(
             f"run.warmup_runs: {run.warmup_runs} is more than this server allows (at most {limits.max_warmup_runs})"

@@ -1,21 +1,24 @@
-"""The measurement protocol, written once, for one side (baseline or optimized).
+"""The measurement protocol, written once, for one side (baseline or optimized), as a `Side` that stays loaded
+so the parent can time the two sides in turns (`optim.engine`):
 
-    load (quantized at load)            -> load_s
-    apply attention, cache, offload, VAE
-    probe run: eager, work counter on   -> how much transformer work each step computed; the first warm-up
-    apply compile (if any)
-    remaining warm-up runs              -> warmup_s (the first compiled call includes the cold compile: compile_s)
-    reset memory peaks
-    timed runs, same seed each          -> latency_s (median, min, max), per_step_s, peak memory
-    undo process-wide changes, drop the pipeline
+    prepare():  load (quantized at load)            -> load_s
+                apply attention, cache, offload, VAE
+                probe run: eager, work counter on   -> transformer work per step; the first warm-up
+                apply compile (if any)
+                remaining warm-up runs              -> warmup_s (the first compiled call includes the cold compile)
+    timed():    one timed run, same seed each time  -> latency, per-step times, this run's peak memory, and what
+                                                       the machine was doing meanwhile (`optim.machine`)
+    finish():   the image, whether every timed run gave the same one
+    close():    undo process-wide changes, drop the pipeline
 
 Both sides run exactly this with the same resolved settings; the baseline simply has nothing to apply.
-`optim.worker` runs it in a fresh process per side so peaks start clean and nothing leaks between sides.
+`optim.worker` runs each side in its own process so peaks start clean and nothing leaks between sides.
 """
 
 from __future__ import annotations
 
 import gc
+import hashlib
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -28,7 +31,8 @@ from optim import faults
 from optim.apply import apply_after_probe, apply_before_probe
 from optim.capabilities import device_name
 from optim.errors import Cancelled, OptimError, RunError
-from optim.generation import CallResult, call_kwargs, generate
+from optim.generation import call_kwargs, generate
+from optim.machine import Load, LoadMeter, thread_settings
 from optim.memory import MemoryProbe
 from optim.models import ModelRef, ResolvedRun, load_pipeline, model_components
 from optim.techniques import Applied
@@ -50,8 +54,48 @@ class SideJob:
     memory_limit_mb: int | None = None
 
 
+@dataclass(frozen=True)
+class Setup:
+    """A side after loading, applying, the probe run and the warm-ups: ready for timed runs."""
+
+    load_s: float
+    warmup_s: list[float]
+    step_work: list[float]
+    component_sizes_mb: dict[str, float]
+    applied: list[str]
+    warnings: list[str]
+    details: dict[str, Any]
+    resident_mb: float  # memory this side holds now: GPU reserved on CUDA, RSS growth since loading on CPU
+    setup_peak_mb: float  # the most it held while loading and warming up (same measure)
+    free_mb: float | None  # memory still free for another side (GPU on CUDA, RAM on CPU)
+    device_name: str
+    threads: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Timing:
+    """One timed run."""
+
+    latency_s: float
+    per_step_s: list[float]
+    peak_memory_mb: float  # GPU allocated on CUDA; process RSS growth on CPU (since before loading)
+    reserved_memory_mb: float | None
+    host_peak_memory_mb: float
+    load: Load
+    image_digest: str
+
+
+@dataclass(frozen=True)
+class Final:
+    image: np.ndarray
+    deterministic: bool
+    probe_matches_timed: bool
+
+
 @dataclass
 class SideResult:
+    """One side, measured: its setup, its timed runs (in the order they ran) and its image."""
+
     side: str
     image: np.ndarray
     latency_s: list[float]
@@ -69,38 +113,96 @@ class SideResult:
     deterministic: bool
     device_name: str
     details: dict[str, Any] = field(default_factory=dict)
+    timings: list[Timing] = field(default_factory=list)
+    setup: Setup | None = None
 
     @property
     def median_s(self) -> float:
         return statistics.median(self.latency_s)
 
+    @classmethod
+    def build(cls, side: str, setup: Setup, timings: list[Timing], final: Final) -> SideResult:
+        latencies = [t.latency_s for t in timings]
+        compiled = "compiled_graphs" in setup.details
+        compile_s = max(0.0, setup.warmup_s[1] - statistics.median(latencies)) if compiled else None
+        warnings = list(setup.warnings)
+        if not final.deterministic:
+            warnings.append("the timed runs did not all give the same image with the same seed (non-deterministic "
+                            "kernels)")
+        reserved = [t.reserved_memory_mb for t in timings if t.reserved_memory_mb is not None]
+        return cls(
+            side=side,
+            image=final.image,
+            latency_s=latencies,
+            per_step_s=[statistics.median(values) for values in zip(*(t.per_step_s for t in timings))],
+            step_work=setup.step_work,
+            load_s=setup.load_s,
+            warmup_s=setup.warmup_s,
+            compile_s=compile_s,
+            peak_memory_mb=max(t.peak_memory_mb for t in timings),
+            reserved_memory_mb=max(reserved) if reserved else None,
+            host_peak_memory_mb=max(t.host_peak_memory_mb for t in timings),
+            component_sizes_mb=setup.component_sizes_mb,
+            applied=setup.applied,
+            warnings=warnings,
+            deterministic=final.deterministic,
+            device_name=setup.device_name,
+            details={**setup.details, "probe_matches_timed": final.probe_matches_timed},
+            timings=timings,
+            setup=setup,
+        )
 
-def run_side(job: SideJob, progress: Progress | None = None, should_stop: Callable[[], bool] | None = None) -> SideResult:
-    """Measure one side under the protocol. Raises `OptimError` subclasses with user-facing messages."""
-    from optim.logs import quiet_progress_bars
 
-    quiet_progress_bars()
-    report = progress or (lambda phase, done, total: None)
-    run, optim = job.run, job.optim
-    phase = "loading"
+class Side:
+    """One side of a comparison, kept loaded between timed runs. Every method raises `OptimError`s with
+    user-facing messages; `close()` must be called (it undoes what was applied and drops the pipeline)."""
 
-    def on_step(step: int, label: str) -> None:
-        report(label, step + 1, run.steps)
-        if should_stop is not None and should_stop():
+    def __init__(self, job: SideJob, progress: Progress | None = None,
+                 should_stop: Callable[[], bool] | None = None) -> None:
+        self.job = job
+        self.report = progress or (lambda phase, done, total: None)
+        self.should_stop = should_stop
+        self.phase = "loading"
+        self.applied = Applied()
+        self.pipe: Any = None
+        self.kwargs: dict[str, Any] = {}
+        self.memory: MemoryProbe | None = None
+        self._probe_image: np.ndarray | None = None
+        self._first_image: np.ndarray | None = None
+        self._last_image: np.ndarray | None = None
+        self._deterministic = True
+        self._timed = 0
+
+    def _on_step(self, step: int, label: str) -> None:
+        self.report(label, step + 1, self.job.run.steps)
+        if self.should_stop is not None and self.should_stop():
             raise Cancelled("cancelled by the user")
 
-    applied = Applied()
-    pipe = None
-    quant_config = None
-    try:
-        report("loading", 0, 1)
+    def _failure(self, error: BaseException) -> BaseException:
+        if isinstance(error, (OptimError, KeyboardInterrupt, SystemExit)):
+            return error
+        return explain_failure(error, phase=self.phase, job=self.job)
+
+    def prepare(self) -> Setup:
+        from optim.logs import quiet_progress_bars
+
+        quiet_progress_bars()
+        try:
+            return self._prepare()
+        except BaseException as error:  # noqa: BLE001 - every failure leaves as a user-facing error
+            raise self._failure(error) from None
+
+    def _prepare(self) -> Setup:
+        run, optim = self.job.run, self.job.optim
+        self.report("loading", 0, 1)
         started = time.perf_counter()
+        quant_config = None
         if not isinstance(optim.quantization, C.NoQuantization):
             # Built (and its library imported) before the memory baseline: importing torchao or quanto is not
             # memory the model uses.
-            quant_config = build_quantization_config(optim.quantization, model_components(job.model))
-        memory = MemoryProbe(run.device).start()
-        pipe = load_pipeline(job.model, dtype=run.dtype, quantization_config=quant_config)
+            quant_config = build_quantization_config(optim.quantization, model_components(self.job.model))
+        self.memory = MemoryProbe(run.device).start()
+        self.pipe = pipe = load_pipeline(self.job.model, dtype=run.dtype, quantization_config=quant_config)
         if optim.offload.mode == "none":
             pipe.to(run.device)
         load_s = time.perf_counter() - started
@@ -108,94 +210,111 @@ def run_side(job: SideJob, progress: Progress | None = None, should_stop: Callab
         weights = [name for name, part in pipe.components.items() if hasattr(part, "parameters")]
         sizes = component_sizes_mb(pipe, weights)
 
-        phase = "applying optimizations"
+        self.phase = "applying optimizations"
+        applied = self.applied
         mag_ratios = None
         if isinstance(optim.cache, C.MagCache):
-            mag_ratios = _mag_ratios(pipe, optim.cache, run, applied, on_step)
+            mag_ratios = _mag_ratios(pipe, optim.cache, run, applied, self._on_step)
         apply_before_probe(pipe, optim, run, applied, mag_ratios=mag_ratios)
-        kwargs, call_warnings = call_kwargs(pipe, run)
+        self.kwargs, call_warnings = call_kwargs(pipe, run)
         for warning in call_warnings:
             applied.warn(warning)
 
-        phase = "warm-up (eager probe)"
+        self.phase = "warm-up (eager probe)"
         counter = WorkCounter().attach(pipe.transformer)
         try:
-            probe = generate(pipe, kwargs, seed=run.seed, device=run.device, on_step=counter_step(counter, on_step))
+            probe = generate(pipe, self.kwargs, seed=run.seed, device=run.device,
+                             on_step=counter_step(counter, self._on_step))
         finally:
             counter.detach()
+        self._probe_image = probe.image
         warmup_s = [probe.latency_s]
 
-        phase = "compiling"
+        self.phase = "compiling"
         graphs_before = compiled_graph_count()
         apply_after_probe(pipe, optim, applied)
         compiled = optim.compile.mode != "off"
-        compile_s = None
         for index in range(run.warmup_runs - 1 + (1 if compiled else 0)):
-            phase = "compiling" if compiled and index == 0 else "warm-up"
-            result = generate(pipe, kwargs, seed=run.seed, device=run.device, on_step=lambda s, p=phase: on_step(s, p))
+            self.phase = "compiling" if compiled and index == 0 else "warm-up"
+            result = generate(pipe, self.kwargs, seed=run.seed, device=run.device,
+                              on_step=lambda s, p=self.phase: self._on_step(s, p))
             warmup_s.append(result.latency_s)
-
+        details = dict(applied.details)
         if compiled:
             # Proof that torch.compile really produced graphs (dynamo's own counter), not just that it was asked.
-            applied.details["compiled_graphs"] = compiled_graph_count() - graphs_before
-        phase = "timed runs"
-        fault = faults.requested(run.prompt, job.side)
-        if fault:
-            faults.inject(fault, height=run.height, width=run.width, should_stop=should_stop)
-        memory.reset_peaks()
-        timed: list[CallResult] = []
-        for index in range(run.timed_runs):
-            label = f"timed run {index + 1}/{run.timed_runs}"
-            timed.append(generate(pipe, kwargs, seed=run.seed, device=run.device, on_step=lambda s, text=label: on_step(s, text)))
-        peaks = memory.read()
-        latencies = [r.latency_s for r in timed]
-        if compiled:
-            # The first compiled call = cold compile + one steady call.
-            compile_s = max(0.0, warmup_s[1] - statistics.median(latencies))
-        per_step = [statistics.median(values) for values in zip(*(r.per_step_s for r in timed))]
-        images = [r.image for r in timed]
-        deterministic = all(np.array_equal(images[0], other) for other in images[1:])
-        if not deterministic:
-            applied.warn("the timed runs did not all give the same image with the same seed (non-deterministic kernels)")
-        details = dict(applied.details)
+            details["compiled_graphs"] = compiled_graph_count() - graphs_before
         if mag_ratios is not None:
             details["mag_ratios"] = mag_ratios
-        details["probe_matches_timed"] = bool(np.array_equal(probe.image, images[-1]))
-        return SideResult(
-            side=job.side,
-            image=images[-1],
-            latency_s=latencies,
-            per_step_s=per_step,
-            step_work=list(counter.per_step),
-            load_s=load_s,
-            warmup_s=warmup_s,
-            compile_s=compile_s,
-            peak_memory_mb=peaks["peak_memory_mb"],
-            reserved_memory_mb=peaks["reserved_memory_mb"],
-            host_peak_memory_mb=peaks["host_peak_memory_mb"],
-            component_sizes_mb=sizes,
-            applied=list(applied.steps),
-            warnings=list(applied.warnings),
-            deterministic=deterministic,
-            device_name=device_name(run.device),
-            details=details,
-        )
-    except OptimError:
-        raise
-    except BaseException as error:  # noqa: BLE001 - every failure leaves as a user-facing RunError
-        if isinstance(error, (KeyboardInterrupt, SystemExit)):
-            raise
-        raise explain_failure(error, phase=phase, job=job) from None
-    finally:
+        self.phase = "timed runs"
+        resident, setup_peak, free = self.memory.footprint()
+        return Setup(load_s=load_s, warmup_s=warmup_s, step_work=list(counter.per_step), component_sizes_mb=sizes,
+                     applied=list(applied.steps), warnings=list(applied.warnings), details=details,
+                     resident_mb=resident, setup_peak_mb=setup_peak, free_mb=free,
+                     device_name=device_name(run.device), threads=thread_settings())
+
+    def timed(self, label: str = "timed run") -> Timing:
+        """One timed run, with this run's memory peak and the machine's load during it."""
         try:
-            applied.undo_all()
+            return self._timed_run(label)
+        except BaseException as error:  # noqa: BLE001
+            raise self._failure(error) from None
+
+    def _timed_run(self, label: str) -> Timing:
+        run = self.job.run
+        if self._timed == 0:
+            fault = faults.requested(run.prompt, self.job.side)
+            if fault:
+                faults.inject(fault, height=run.height, width=run.width, should_stop=self.should_stop)
+        self.memory.reset_peaks()
+        meter = LoadMeter().start()
+        result = generate(self.pipe, self.kwargs, seed=run.seed, device=run.device,
+                          on_step=lambda s: self._on_step(s, label))
+        load = meter.stop(result.latency_s)
+        peaks = self.memory.read()
+        self._timed += 1
+        if self._first_image is None:
+            self._first_image = result.image
+        elif self._deterministic and not np.array_equal(self._first_image, result.image):
+            self._deterministic = False
+        self._last_image = result.image
+        return Timing(latency_s=result.latency_s, per_step_s=result.per_step_s,
+                      peak_memory_mb=peaks["peak_memory_mb"], reserved_memory_mb=peaks["reserved_memory_mb"],
+                      host_peak_memory_mb=peaks["host_peak_memory_mb"], load=load,
+                      image_digest=hashlib.sha1(result.image.tobytes()).hexdigest())
+
+    def footprint(self) -> tuple[float, float, float | None]:
+        """(held now, the most held so far, still free) in MB (`MemoryProbe.footprint`)."""
+        return self.memory.footprint()
+
+    def finish(self) -> Final:
+        if self._last_image is None:
+            raise RunError(f"the {self.job.side} side was finished before any timed run")
+        return Final(image=self._last_image, deterministic=self._deterministic,
+                     probe_matches_timed=bool(np.array_equal(self._probe_image, self._last_image)))
+
+    def close(self) -> None:
+        try:
+            self.applied.undo_all()
         finally:
-            del pipe
+            self.pipe = None
             gc.collect()
-            if run.device == "cuda":
+            if self.job.run.device == "cuda":
                 import torch
 
                 torch.cuda.empty_cache()
+
+
+def run_side(job: SideJob, progress: Progress | None = None, should_stop: Callable[[], bool] | None = None) -> SideResult:
+    """Measure one side on its own, in this process: prepare, `run.timed_runs` timed runs (at least 1, or 3 for
+    "auto"), finish, close. Raises `OptimError` subclasses with user-facing messages."""
+    side = Side(job, progress, should_stop)
+    try:
+        setup = side.prepare()
+        count = job.run.timed_runs if isinstance(job.run.timed_runs, int) else 3
+        timings = [side.timed(f"timed run {i + 1}/{count}") for i in range(count)]
+        return SideResult.build(job.side, setup, timings, side.finish())
+    finally:
+        side.close()
 
 
 def compiled_graph_count() -> int:
@@ -235,11 +354,18 @@ def explain_failure(error: BaseException, *, phase: str, job: SideJob) -> RunErr
     settings = C.minimal_dict(job.optim) or "no optimizations"
     where = f"{job.side} side, while {phase}, settings {settings}"
     lowered = text.lower()
+    # Allocation failures surface in many places: Python (MemoryError), PyTorch ("can't allocate memory", CUDA's
+    # OutOfMemoryError), C++ (std::bad_alloc), and oneDNN, which under an address-space cap reports a failed
+    # allocation as "could not create a primitive".
+    capped = job.memory_limit_mb is not None and job.run.device != "cuda"
     if (
         isinstance(error, MemoryError)
         or "out of memory" in lowered
         or "can't allocate memory" in lowered
+        or "bad_alloc" in lowered
+        or "failed to allocate" in lowered
         or type(error).__name__ == "OutOfMemoryError"
+        or (capped and "could not create a primitive" in lowered)
     ):
         hint = "lower the size or steps, quantize, or offload (model_cpu or group) to fit in memory"
         return RunError(f"out of memory ({where}): {text}. Try: {hint}")

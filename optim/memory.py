@@ -100,6 +100,21 @@ class MemoryProbe:
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats()
 
+    def footprint(self) -> tuple[float, float, float | None]:
+        """(held now, the most held since `start()`, still free for another side), in MB: GPU memory reserved on
+        CUDA, this process's RSS growth on a CPU (free: the machine's available RAM)."""
+        if self.device == "cuda":
+            import torch
+
+            torch.cuda.synchronize()
+            free, _ = torch.cuda.mem_get_info()
+            return torch.cuda.memory_reserved() / MB, torch.cuda.max_memory_reserved() / MB, free / MB
+        import psutil
+
+        held = max(0.0, rss_mb() - self.rss_before_mb)
+        peak = max(held, host_peak_mb() - self.rss_before_mb)
+        return held, peak, psutil.virtual_memory().available / MB
+
     def read(self) -> dict[str, float | None]:
         host = max(0.0, host_peak_mb() - self.rss_before_mb)
         if self.device == "cuda":

@@ -48,7 +48,10 @@ class ResolvedRun:
     dtype: str
     device: str
     warmup_runs: int
-    timed_runs: int
+    timed_runs: int | str  # a count, or "auto"
+    target_precision: float = 0.05
+    time_budget_s: float = 60.0
+    timing: str = "auto"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

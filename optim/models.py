@@ -163,6 +163,9 @@ def resolve_run(run: RunSpec, ref: ModelRef, *, cuda_available: bool) -> Resolve
         device=device,
         warmup_runs=run.warmup_runs,
         timed_runs=run.timed_runs,
+        target_precision=run.target_precision,
+        time_budget_s=run.time_budget_s,
+        timing=run.timing,
     )
 
 

@@ -14,30 +14,38 @@ import numpy as np
 from PIL import Image
 
 from optim.charts import save_charts
+from optim.report_model import Report, SideReport
 
 
 def _png(array: np.ndarray, path: Path) -> None:
     Image.fromarray(array).save(path, format="PNG")  # lossless: differences of one level must survive
 
 
-def write_report(comparison: Any, directory: Path) -> dict[str, Any]:
+def json_safe(value: Any) -> Any:
+    """Strict JSON values: NaN and infinities become null, numpy scalars plain numbers."""
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if isinstance(value, (np.floating, np.integer)):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def write_report(comparison: Any, directory: Path) -> Report:
     """Write every file of a comparison into `directory`; return the report (as written to report.json)."""
     directory.mkdir(parents=True, exist_ok=True)
-    report = comparison.to_report()
+    report = comparison.report()
     _png(comparison.baseline.image, directory / "baseline.png")
     _png(comparison.optimized.image, directory / "optimized.png")
     _png(comparison.heatmap, directory / "diff.png")
-    report["files"] = ["baseline.png", "optimized.png", "diff.png", *save_charts(report, directory)]
-    report["files"] += ["report.json", "report.md"]
-    (directory / "report.json").write_text(json.dumps(report, indent=2, allow_nan=False, default=_json_default) + "\n")
+    files = ["baseline.png", "optimized.png", "diff.png", *save_charts(report, directory), "report.json", "report.md"]
+    report = report.model_copy(update={"files": files})
+    (directory / "report.json").write_text(json.dumps(json_safe(report.to_json()), indent=2, allow_nan=False) + "\n")
     (directory / "report.md").write_text(markdown(report))
     return report
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, (np.floating, np.integer)):
-        return value.item()
-    raise TypeError(f"not JSON serializable: {type(value).__name__}")
 
 
 def fmt_s(value: float | None) -> str:
@@ -50,44 +58,68 @@ def fmt_mb(value: float | None) -> str:
     return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.1f} MB"
 
 
-def summary_rows(report: dict[str, Any]) -> list[tuple[str, str, str]]:
+def speedup_cell(report: Report) -> str:
+    """'1.52x (1.47-1.58, faster)': the ratio, its 95% interval and the verdict."""
+    low, high = report.speedup_interval
+    if low is None or high is None:
+        return f"{report.speedup:.2f}x (too few runs for an interval)"
+    return f"{report.speedup:.2f}x ({low:.2f}-{high:.2f}, {report.verdict})"
+
+
+def memory_cell(report: Report) -> str:
+    saving = report.timing.memory_saving_mb
+    if saving.low is None:
+        return f"{report.memory_saving_mb:+.1f} MB saved"
+    word = {"less": "uses less", "more": "uses more"}.get(saving.verdict, saving.verdict)
+    return f"{saving.estimate:+.1f} MB saved ({saving.low:+.1f} to {saving.high:+.1f}, {word})"
+
+
+def runs_text(report: Report) -> str:
+    timing = report.timing
+    mode = "taken in turns" if timing.mode == "interleaved" else "in blocks (sequential)"
+    auto = f", auto: {timing.stopped_because}" if timing.auto else ""
+    return f"{timing.runs_per_side} per side, {mode}{auto}"
+
+
+def summary_rows(report: Report) -> list[tuple[str, str, str]]:
     """(metric, baseline, optimized) rows shared by the CLI table, report.md and the app's metrics table."""
-    b, o = report["baseline"], report["optimized"]
+    b, o = report.baseline, report.optimized
 
-    def latency(side: dict[str, Any]) -> str:
-        lat = side["latency_s"]
-        return f"{fmt_s(lat['median'])} ({fmt_s(lat['min'])}-{fmt_s(lat['max'])})"
+    def latency(side: SideReport) -> str:
+        lat = side.latency_s
+        return f"{fmt_s(lat.median)} ({fmt_s(lat.min)}-{fmt_s(lat.max)})"
 
-    def per_step(side: dict[str, Any]) -> str:
-        steps = side["per_step_s"]
+    def per_step(side: SideReport) -> str:
+        steps = side.per_step_s
         return fmt_s(sum(steps) / len(steps)) if steps else "-"
 
-    quality = report["quality"]
-    psnr = "identical" if quality["psnr_db"] is None else f"{quality['psnr_db']:.2f} dB"
+    quality = report.quality
+    psnr = "identical" if quality.psnr_db is None else f"{quality.psnr_db:.2f} dB"
     rows = [
         ("latency median (min-max)", latency(b), latency(o)),
-        ("speedup", "1.00x", f"{report['speedup']:.2f}x"),
+        ("speedup (95% CI, verdict)", "1.00x", speedup_cell(report)),
         ("mean time per step", per_step(b), per_step(o)),
-        ("peak memory", fmt_mb(b["peak_memory_mb"]), fmt_mb(o["peak_memory_mb"])),
+        ("peak memory", fmt_mb(b.peak_memory_mb), fmt_mb(o.peak_memory_mb)),
+        ("peak memory saving (95% CI)", "", memory_cell(report)),
     ]
-    if report["environment"]["device"] == "cuda":
-        rows.append(("peak memory reserved", fmt_mb(b["reserved_memory_mb"]), fmt_mb(o["reserved_memory_mb"])))
-        rows.append(("host peak memory", fmt_mb(b["host_peak_memory_mb"]), fmt_mb(o["host_peak_memory_mb"])))
+    if report.environment["device"] == "cuda":
+        rows.append(("peak memory reserved", fmt_mb(b.reserved_memory_mb), fmt_mb(o.reserved_memory_mb)))
+        rows.append(("host peak memory", fmt_mb(b.host_peak_memory_mb), fmt_mb(o.host_peak_memory_mb)))
     rows += [
-        ("load time", fmt_s(b["load_s"]), fmt_s(o["load_s"])),
-        ("warm-up time", fmt_s(b["warmup_s"]), fmt_s(o["warmup_s"])),
-        ("compile time (cold)", fmt_s(b["compile_s"]), fmt_s(o["compile_s"])),
-        ("transformer work computed", f"{b['work_fraction']:.0%}", f"{o['work_fraction']:.0%}"),
+        ("load time", fmt_s(b.load_s), fmt_s(o.load_s)),
+        ("warm-up time", fmt_s(b.warmup_s), fmt_s(o.warmup_s)),
+        ("compile time (cold)", fmt_s(b.compile_s), fmt_s(o.compile_s)),
+        ("transformer work computed", f"{b.work_fraction:.0%}", f"{o.work_fraction:.0%}"),
         ("PSNR vs baseline", "-", psnr),
-        ("SSIM vs baseline", "-", f"{quality['ssim']:.4f}"),
-        ("max / mean abs diff (0-255)", "-", f"{quality['max_abs_diff']} / {quality['mean_abs_diff']:.3f}"),
+        ("SSIM vs baseline", "-", f"{quality.ssim:.4f}"),
+        ("max / mean abs diff (0-255)", "-", f"{quality.max_abs_diff} / {quality.mean_abs_diff:.3f}"),
     ]
-    for component, size in (o.get("quantization") or {}).items():
-        rows.append((f"{component} size", fmt_mb(size["before_mb"]), fmt_mb(size["after_mb"])))
+    for component, size in (o.quantization or {}).items():
+        rows.append((f"{component} size", fmt_mb(size.before_mb), fmt_mb(size.after_mb)))
     return rows
 
 
-def summary_table(report: dict[str, Any]) -> str:
+def summary_table(report: Report) -> str:
     rows = [("", "baseline", "optimized"), *summary_rows(report)]
     widths = [max(len(row[i]) for row in rows) for i in range(3)]
     lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
@@ -95,18 +127,31 @@ def summary_table(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def markdown(report: dict[str, Any]) -> str:
-    run, env, preset = report["run"], report["environment"], report["preset"]
+def markdown(report: Report) -> str:
+    run, env, preset, timing = report.run, report.environment, report.preset, report.timing
+    isolation = ("each side in its own process, both loaded at once" if env["isolation"] == "process"
+                 else "both sides in one process, one after the other")
     lines = [
-        f"# Comparison: {preset['name']}",
+        f"# Comparison: {preset.name}",
         "",
-        f"{preset['description']}".strip(),
+        f"{preset.description}".strip(),
+        "",
+        f"**{timing.speedup.text}.**",
         "",
         f"Model `{run['model']}`, prompt \"{run['prompt']}\", seed {run['seed']}, {run['steps']} steps, "
         f"{run['width']}x{run['height']}, guidance {run['guidance_scale']}, {run['dtype']} on {env['device']} "
-        f"({env['device_name']}); {run['warmup_runs']} warm-up and {run['timed_runs']} timed runs per side, "
-        f"each side in its own process: {env['isolation'] == 'process'}.",
-        f"torch {env['torch']}, diffusers {env['diffusers']}, Python {env['python']}.",
+        f"({env['device_name']}); {run['warmup_runs']} warm-up run(s) and {runs_text(report)}; {isolation}.",
+        f"torch {env['torch']}, diffusers {env['diffusers']}, Python {env['python']}; "
+        f"{env.get('threads', {}).get('torch_threads', '?')} torch threads, OpenMP wait policy "
+        f"{env.get('threads', {}).get('omp_wait_policy', '?')}.",
+    ]
+    if timing.reason:
+        lines += ["", f"Timing was {timing.mode}: {timing.reason}."]
+    if timing.contention.note:
+        lines += ["", f"Note: {timing.contention.note}."]
+    if timing.baseline_reuse:
+        lines += ["", f"Baseline: {timing.baseline_reuse}."]
+    lines += [
         "",
         "| metric | baseline | optimized |",
         "|---|---|---|",
@@ -114,11 +159,10 @@ def markdown(report: dict[str, Any]) -> str:
         "",
         "## Applied (in order)",
         "",
-        *([f"1. {step}" for step in report["optimized"]["applied"]] or ["Nothing (baseline settings)."]),
+        *([f"1. {step}" for step in report.optimized.applied] or ["Nothing (baseline settings)."]),
     ]
-    warnings = report["optimized"]["warnings"]
-    if warnings:
-        lines += ["", "## Warnings", "", *[f"- {w}" for w in warnings]]
+    if report.optimized.warnings:
+        lines += ["", "## Warnings", "", *[f"- {w}" for w in report.optimized.warnings]]
     lines += [
         "",
         "## Images",
@@ -127,7 +171,7 @@ def markdown(report: dict[str, Any]) -> str:
         "|---|---|---|",
         "| ![baseline](baseline.png) | ![optimized](optimized.png) | ![diff](diff.png) |",
         "",
-        f"The difference heatmap maps 0 to black and {report['quality']['heatmap_scale']} levels (of 255) to white.",
+        f"The difference heatmap maps 0 to black and {report.quality.heatmap_scale} levels (of 255) to white.",
         "",
         "![latency](latency.png) ![per-step](per_step.png) ![memory](memory.png) ![work](work.png)",
         "",

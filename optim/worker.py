@@ -35,7 +35,7 @@ from typing import Any, Callable
 
 from optim import errors, scratch
 from optim.errors import Cancelled, OptimError, WorkerCrashed
-from optim.measure import Progress, SideJob, SideResult
+from optim.measure import Final, Progress, Setup, SideJob, Timing
 
 # Imported once in the zygote or the spares; children start with them already loaded.
 PRELOAD = ["optim.worker_preload"]
@@ -61,6 +61,13 @@ def start_method(environ: dict[str, str] | None = None) -> str:
     if gpu_build or sys.platform != "linux":
         return "spawn"
     return "fork"
+
+
+def worker_environment() -> dict[str, str]:
+    """Ours, plus the thread settings that keep timings steady (`optim.machine`) unless the user chose others."""
+    from optim.machine import WORKER_ENVIRONMENT
+
+    return {**WORKER_ENVIRONMENT, **os.environ}
 
 
 def _command(module: str, *args: str) -> list[str]:
@@ -120,6 +127,7 @@ class _Zygote:
         self._process = subprocess.Popen(
             _command("optim.zygote", str(theirs.fileno()), *PRELOAD),
             pass_fds=[theirs.fileno()],
+            env=worker_environment(),
             stdin=subprocess.DEVNULL,
             start_new_session=True,  # a Ctrl-C in the terminal reaches the parent only
         )
@@ -157,6 +165,7 @@ class _Spare:
         self.process = subprocess.Popen(
             _command("optim.spare", str(theirs.fileno()), *PRELOAD),
             pass_fds=[theirs.fileno()],
+            env=worker_environment(),
             stdin=subprocess.DEVNULL,
             start_new_session=True,
         )
@@ -246,7 +255,7 @@ class Launcher:
 
     def start(self, module: str, function: str, argument: Any) -> Child:
         """A new process that runs `module.function(argument, connection)`."""
-        job = {"module": module, "function": function, "argument": argument, "environment": dict(os.environ)}
+        job = {"module": module, "function": function, "argument": argument, "environment": worker_environment()}
         if self.method == "spawn":
             return self._spares.start(job)
         return self._zygote.start(job)
@@ -259,21 +268,168 @@ class Launcher:
 launcher = Launcher()
 
 
-def side_child(job: SideJob, connection: Connection) -> None:
-    """Runs in the forked child: measure the side, send progress and the result or the error."""
-    from optim.measure import run_side
+def serve_side(job: SideJob, connection: Connection) -> None:
+    """Runs in the side's own process: prepare the side, then answer the parent's commands until it says close.
+
+    Parent -> child: ("timed", label) | ("footprint",) | ("finish",) | ("close",).
+    Child -> parent: ("progress", (phase, done, total)) at any time; ("ready", Setup) once prepared;
+    ("timing", Timing) per timed run; ("footprint", (held, peak, free MB)); ("final", Final); ("error", (class
+    name, message)) on a failure, after which the process ends.
+    """
+    from optim.machine import configure_threads
+    from optim.measure import Side
 
     if job.memory_limit_mb and job.run.device != "cuda":
         # On CUDA the cap is not applied: the driver maps far more address space than it uses, and an address
         # space limit makes CUDA's initialization itself fail.
         limit_memory(job.memory_limit_mb)
+    configure_threads()
+    side = Side(job, progress=lambda phase, done, total: connection.send(("progress", (phase, done, total))))
     try:
-        result = run_side(job, progress=lambda phase, done, total: connection.send(("progress", (phase, done, total))))
-        connection.send(("result", result))
+        connection.send(("ready", side.prepare()))
+        while True:
+            command, *arguments = connection.recv()
+            if command == "timed":
+                connection.send(("timing", side.timed(*arguments)))
+            elif command == "finish":
+                connection.send(("final", side.finish()))
+            elif command == "footprint":
+                connection.send(("footprint", side.footprint()))
+            elif command == "close":
+                break
+            else:
+                raise RuntimeError(f"unknown command {command!r}")
+    except (EOFError, OSError):
+        pass  # the parent went away: nothing to report to
     except OptimError as error:
         connection.send(("error", (type(error).__name__, str(error))))
     except BaseException as error:  # noqa: BLE001 - report, never hang the parent
         connection.send(("error", ("RunError", f"{type(error).__name__}: {error}")))
+    finally:
+        side.close()
+
+
+class RemoteSide:
+    """A side running in its own process (`serve_side`), driven from here: the same methods as `measure.Side`.
+
+    Cancellation (`should_stop`) kills the process, which frees everything it held; so does `close()` if the
+    process does not end by itself. A process that dies raises `WorkerCrashed` saying how it died."""
+
+    def __init__(self, job: SideJob, progress: Progress | None = None,
+                 should_stop: Callable[[], bool] | None = None, *, poll_s: float = 0.05) -> None:
+        self.job = job
+        self.progress = progress
+        self.should_stop = should_stop
+        self.poll_s = poll_s
+        self.child = launcher.start(__name__, "serve_side", job)
+        self.pid: int | None = None
+        self.status: int | None = None
+        self.cancelled = False
+
+    def _await(self, wanted: str) -> Any:
+        """Relay progress until the message `wanted` arrives; raise the side's error, a cancel, or its death."""
+        while True:
+            if self.should_stop is not None and not self.cancelled and self.should_stop():
+                self.cancelled = True
+                self.kill()
+            if self.status is not None:
+                self._raise_ended()
+            if not self.child.poll(self.poll_s):
+                continue
+            try:
+                kind, payload = self.child.recv()
+            except (EOFError, OSError):
+                self.status = self.status if self.status is not None else -signal.SIGKILL
+                self._raise_ended()
+            if kind == "pid":
+                self.pid = payload
+                if self.cancelled:
+                    self.kill()
+            elif kind == "progress":
+                if self.progress is not None and not self.cancelled:
+                    self.progress(*payload)
+            elif kind == "exit":
+                self.status = payload
+                self._cleanup_after_death()
+            elif kind == "error":
+                self._collect_exit()
+                raise _rebuild(*payload)
+            elif kind == wanted:
+                return payload
+
+    def _raise_ended(self) -> None:
+        if self.cancelled:
+            raise Cancelled("cancelled by the user; the run's process was stopped and its memory freed")
+        raise WorkerCrashed(
+            f"the {self.job.side} side's process died before finishing: {_death(self.status)}. The server is fine; "
+            "try smaller settings (size, steps) or lighter options"
+        )
+
+    def _collect_exit(self) -> None:
+        """After an error message the process ends by itself: wait for it (briefly) so nothing is left behind."""
+        deadline = time.monotonic() + 30
+        while self.status is None and time.monotonic() < deadline:
+            if self.child.poll(self.poll_s):
+                try:
+                    kind, payload = self.child.recv()
+                except (EOFError, OSError):
+                    break
+                if kind == "exit":
+                    self.status = payload
+        self.close()
+
+    def _cleanup_after_death(self) -> None:
+        if self.pid is not None and self.status != 0:
+            # A killed or crashed child never ran its undo; what it wrote to disk is ours to delete.
+            scratch.remove_folders_of(self.pid)
+
+    def prepare(self) -> Setup:
+        return self._await("ready")
+
+    def timed(self, label: str = "timed run") -> Timing:
+        self._send(("timed", label))
+        return self._await("timing")
+
+    def footprint(self) -> tuple[float, float, float | None]:
+        self._send(("footprint",))
+        return self._await("footprint")
+
+    def finish(self) -> Final:
+        self._send(("finish",))
+        return self._await("final")
+
+    def _send(self, message: tuple) -> None:
+        try:
+            self.child.connection.send(message)
+        except OSError:
+            self.status = self.status if self.status is not None else -signal.SIGKILL
+            self._raise_ended()
+
+    def kill(self) -> None:
+        if self.pid is not None:
+            _kill(self.pid)
+
+    def close(self) -> None:
+        """Ask the process to end (it undoes what it applied), kill it if it does not, and reap it."""
+        if self.status is None:
+            try:
+                self.child.connection.send(("close",))
+            except OSError:
+                pass
+            deadline = time.monotonic() + 30
+            while self.status is None and time.monotonic() < deadline:
+                try:
+                    if not self.child.poll(self.poll_s):
+                        continue
+                    kind, payload = self.child.recv()
+                except (EOFError, OSError):
+                    break
+                if kind == "exit":
+                    self.status = payload
+            if self.status is None:
+                self.kill()
+        self._cleanup_after_death()
+        self.child.close()
 
 
 def limit_memory(extra_mb: int) -> None:
@@ -306,62 +462,6 @@ def _death(status: int | None) -> str:
             return "it was killed (SIGKILL), most likely by the kernel for using too much memory"
         return f"it crashed ({name})"
     return f"it exited with status {status}"
-
-
-def run_in_subprocess(
-    job: SideJob,
-    progress: Progress | None = None,
-    should_stop: Callable[[], bool] | None = None,
-    *,
-    poll_s: float = 0.05,
-) -> SideResult:
-    """Run `measure.run_side(job)` in a fresh process; return its result or raise its error here."""
-    child = launcher.start(__name__, "side_child", job)
-    pid: int | None = None
-    outcome: Any = None
-    status: int | None = None
-    cancelled = False
-    try:
-        while True:
-            if should_stop is not None and not cancelled and should_stop():
-                cancelled = True
-                if pid is not None:
-                    _kill(pid)
-            if not child.poll(poll_s):
-                continue
-            try:
-                kind, payload = child.recv()
-            except (EOFError, OSError):
-                break
-            if kind == "pid":
-                pid = payload
-                if cancelled:
-                    _kill(pid)
-            elif kind == "progress":
-                if progress is not None and not cancelled:
-                    progress(*payload)
-            elif kind in ("result", "error"):
-                outcome = (kind, payload)
-            elif kind == "exit":
-                status = payload
-                break
-    finally:
-        if status is None and pid is not None:
-            _kill(pid)
-        child.close()
-        if pid is not None and status != 0:
-            # A killed or crashed child never ran its undo; what it wrote to disk is ours to delete.
-            scratch.remove_folders_of(pid)
-    if cancelled:
-        raise Cancelled("cancelled by the user; the run's process was stopped and its memory freed")
-    if outcome is not None and outcome[0] == "result":
-        return outcome[1]
-    if outcome is not None:
-        raise _rebuild(*outcome[1])
-    raise WorkerCrashed(
-        f"the {job.side} side's process died before finishing: {_death(status)}. The server is fine; "
-        "try smaller settings (size, steps) or lighter options"
-    )
 
 
 def _kill(pid: int) -> None:

@@ -14,7 +14,9 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from optim.logs import quiet_libraries  # noqa: E402
+from optim.machine import steady_threads  # noqa: E402
 
+steady_threads()  # before torch: tests that run pipelines in this process time them like the workers do
 quiet_libraries()
 
 import pytest  # noqa: E402
@@ -97,3 +99,28 @@ def app_server(log_dir: Path, **env_overrides: str):
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+class ModuleBaselines:
+    """One deterministic baseline per run settings, measured once in this process for a test module (the
+    embedded model's baseline is bit-identical run after run: tests/test_engine.py). Tests that look at what an
+    option does (work skipped, the image, the weights, the applied steps) compare the optimized side against it,
+    without paying for a baseline each time. Their timing ratios mean nothing and are not checked."""
+
+    def __init__(self) -> None:
+        self._sides: dict[str, object] = {}
+
+    def report(self, optim, run_spec) -> dict:
+        from optim.config import OptimConfig
+        from optim.engine import Comparison, prepare
+        from optim.measure import SideJob, run_side
+        from optim.presets import make_preset
+
+        ref, run = prepare(run_spec, optim)
+        key = repr(run)
+        if key not in self._sides:
+            self._sides[key] = run_side(SideJob("baseline", ref, run, OptimConfig()))
+        optimized = run_side(SideJob("optimized", ref, run, optim))
+        preset = make_preset("test", optim)
+        return Comparison.from_sides(run, preset, self._sides[key], optimized,
+                                     environment={"device": run.device, "isolation": "inline"}).to_report()

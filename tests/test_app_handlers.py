@@ -365,7 +365,8 @@ def test_run_returns_images_table_and_charts_then_reuses_the_baseline():
     scale = report["quality"]["heatmap_scale"]
     assert f"white = {scale} level" in caption or (report["quality"]["max_abs_diff"] == 0 and "identical" in caption)
     metrics = {row[0]: row[1:] for row in table}
-    for name in ("latency median (min-max)", "speedup", "mean time per step", "peak memory", "peak memory saving",
+    for name in ("latency median (min-max)", "speedup (95% CI, verdict)", "timed runs", "mean time per step",
+                 "peak memory", "peak memory saving (95% CI)",
                  "load time", "compile time (cold)", "PSNR vs baseline", "SSIM vs baseline",
                  "max / mean abs diff (0-255)", "transformer work skipped"):
         assert name in metrics, name
@@ -379,11 +380,12 @@ def test_run_returns_images_table_and_charts_then_reuses_the_baseline():
     seen = " | ".join(d for d in progress.descriptions if d)
     assert "Baseline · loading" in seen and "Optimized · timed run 1/1" in seen and "Metrics" in seen
 
-    # Same run settings, another preset: the baseline comes from this server's cache and the results say so.
+    # Same run settings, another preset: the baseline's process was kept warm (load reused, runs timed again).
     controls = as_values(sharing.load_shipped(CTX, "baseline", controls))
     outputs = run_panel.run_comparison(CTX, controls, history, Recorder())
     headline, report, history, history_table = outputs[0], outputs[10], outputs[12], outputs[13]
-    assert report["baseline"]["reused"] is True and "baseline reused" in headline
+    assert report["baseline"]["reused"] is True and "baseline kept warm" in headline
+    assert "taken now, in turns" in report["timing"]["baseline_reuse"]
     assert report["quality"]["max_abs_diff"] == 0
     assert [row[0] for row in history_table] == [2, 1]
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import math
+import statistics
 
 import numpy as np
 import pytest
@@ -22,7 +24,7 @@ def _run(**changes):
 
 def test_baseline_preset_is_bit_identical_and_report_is_complete(tmp_path):
     comparison = compare(_run(timed_runs=2), load_preset("baseline"))
-    report = write_report(comparison, tmp_path)
+    report = write_report(comparison, tmp_path).to_json()
     assert report["quality"]["max_abs_diff"] == 0
     assert report["quality"]["psnr_db"] is None and report["quality"]["ssim"] == 1.0
     for side in ("baseline", "optimized"):
@@ -36,7 +38,12 @@ def test_baseline_preset_is_bit_identical_and_report_is_complete(tmp_path):
     assert set(report["environment"]) >= {"device", "device_name", "python", "torch", "diffusers"}
     assert report["run"]["width"] == 128 and report["run"]["steps"] == 6
     assert report["preset"]["name"] == "baseline" and "cache" in report["preset"]["optim"]
-    assert report["speedup"] == pytest.approx(report["baseline"]["latency_s"]["median"] / report["optimized"]["latency_s"]["median"])
+    # The speedup is the geometric mean of the paired ratios (runs taken in turns), with its interval.
+    pairs = zip(report["baseline"]["latency_s"]["runs"], report["optimized"]["latency_s"]["runs"])
+    assert report["speedup"] == pytest.approx(math.exp(statistics.fmean(math.log(b / o) for b, o in pairs)))
+    low, high = report["speedup_interval"]
+    assert low < report["speedup"] < high and report["timing"]["mode"] == "interleaved"
+    assert report["verdict"] in ("faster", "slower", "no measurable difference")
     on_disk = json.loads((tmp_path / "report.json").read_text())
     assert on_disk["quality"] == report["quality"]
     for name in ("baseline.png", "optimized.png", "diff.png", "latency.png", "per_step.png", "memory.png", "report.md"):
@@ -77,13 +84,24 @@ def attention_state_default():
     return (str(_AttentionBackendRegistry._active_backend), _AttentionBackendRegistry._checks_enabled)
 
 
-def test_baseline_is_reused_for_the_same_settings():
+def test_a_warm_baseline_is_reused_for_its_load_and_timed_again():
+    """A server keeps the baseline's process loaded: the next comparison with the same settings skips its load
+    but times it again, in turns with the new side (never a ratio against runs made earlier)."""
     cache = BaselineCache()
-    first = compare(_run(), load_preset("baseline"), baseline_cache=cache)
-    second = compare(_run(), load_preset("first-block-cache"), baseline_cache=cache)
-    third = compare(_run(seed=1), load_preset("first-block-cache"), baseline_cache=cache)
-    assert not first.baseline_reused and second.baseline_reused and not third.baseline_reused
-    assert second.baseline is first.baseline
+    try:
+        first = compare(_run(timed_runs=2), load_preset("baseline"), baseline_cache=cache)
+        assert len(cache) == 1
+        second = compare(_run(timed_runs=2), load_preset("first-block-cache"), baseline_cache=cache)
+        assert not first.baseline_reused and second.baseline_reused
+        assert second.baseline.load_s == first.baseline.load_s  # the same loaded process
+        assert second.baseline.latency_s != first.baseline.latency_s  # its runs were timed again
+        assert "timed now" in second.to_report()["timing"]["baseline_reuse"] or \
+            "taken now" in second.to_report()["timing"]["baseline_reuse"]
+        assert np.array_equal(first.baseline.image, second.baseline.image)
+        third = compare(_run(seed=1, timed_runs=2), load_preset("first-block-cache"), baseline_cache=cache)
+        assert not third.baseline_reused and len(cache) == 1  # the old warm baseline was closed
+    finally:
+        cache.clear()
 
 
 def test_progress_reports_phases_and_steps():
@@ -93,3 +111,22 @@ def test_progress_reports_phases_and_steps():
     assert phases[0] == "baseline: loading"
     assert "optimized: timed run 1/1" in phases
     assert ("optimized: timed run 1/1", 6, 6) in seen
+
+
+def test_sequential_timing_takes_blocks_and_says_why():
+    comparison = compare(_run(timed_runs=4, timing="sequential"), load_preset("first-block-cache"))
+    timing = comparison.to_report()["timing"]
+    assert timing["mode"] == "sequential" and "asked for" in timing["reason"]
+    assert "baseline again" in timing["order"] and timing["runs_per_side"] == 4
+    assert "Welch" in timing["speedup"]["method"]
+    inline = compare(_run(timed_runs=2), load_preset("baseline"), isolation="inline").to_report()["timing"]
+    assert inline["mode"] == "sequential" and "share this process" in inline["reason"]
+
+
+def test_auto_runs_stop_at_the_target_or_the_budget():
+    report = compare(_run(timed_runs="auto", time_budget_s=1.0, target_precision=0.005),
+                     load_preset("baseline")).to_report()
+    timing = report["timing"]
+    assert timing["auto"] and timing["runs_per_side"] >= 4
+    assert "time budget spent" in timing["stopped_because"] or "target precision reached" in timing["stopped_because"]
+    assert timing["timed_s"] >= 1.0 or timing["target_met"]

@@ -14,22 +14,22 @@ import pytest
 
 from optim import scratch
 from optim.config import OptimConfig, parse_optim, parse_run
-from optim.engine import BaselineCache, compare
+from optim.engine import compare
 from optim.measure import SideJob, run_side
 from optim.models import load_pipeline, resolve_model, resolve_run
 from optim.techniques import Applied
 
+from conftest import ModuleBaselines
+
 RUN = {"steps": 8, "warmup_runs": 1, "timed_runs": 1}
 
 
-# One baseline per run settings for the whole module: it is deterministic (tests/test_engine.py proves it
-# bit-identical run after run), and measuring it again for every option would double this file's time.
-BASELINES = BaselineCache()
+# One baseline per run settings for the whole module (see conftest.ModuleBaselines).
+BASELINES = ModuleBaselines()
 
 
 def _report(settings: dict, **run_changes) -> dict:
-    run = parse_run({**RUN, **run_changes})
-    return compare(run, parse_optim(settings), isolation="inline", baseline_cache=BASELINES).to_report()
+    return BASELINES.report(parse_optim(settings), parse_run({**RUN, **run_changes}))
 
 
 def _registry():

@@ -1,0 +1,156 @@
+"""report.json as typed data: `Report` is what `Comparison.report()` returns, what the CLI, report.md, the charts
+and the app read (by attribute, not by string key), and its JSON Schema is docs/report.schema.json
+(`python -m optim report-schema`; tests/test_engine.py checks the file is current).
+
+Units are in the names: `_s` seconds, `_mb` megabytes (2**20 bytes), `_db` decibels.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+REPORT_SCHEMA_VERSION = 2
+
+
+class _Data(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class LatencyStats(_Data):
+    median: float
+    min: float
+    max: float
+    runs: list[float] = Field(description="every timed run, in the order it ran")
+
+
+class RunRecord(_Data):
+    """One timed run and what the machine was doing meanwhile."""
+
+    latency_s: float
+    peak_memory_mb: float
+    cpu_s: float = Field(description="this side's process CPU time during the run (all its threads)")
+    others_cpu_s: float | None = Field(description="CPU time other processes used meanwhile (from /proc/stat)")
+    steal_s: float | None
+    busy: bool = Field(description="others used more than a quarter of a core, or the hypervisor stole time")
+
+
+class Quantized(_Data):
+    before_mb: float | None
+    after_mb: float | None
+
+
+class SideReport(_Data):
+    latency_s: LatencyStats
+    per_step_s: list[float] = Field(description="median time of each denoising step over the timed runs")
+    peak_memory_mb: float = Field(description="GPU allocated on CUDA; process RSS growth on a CPU (the most of any run)")
+    peak_memory_runs_mb: list[float]
+    reserved_memory_mb: float | None
+    host_peak_memory_mb: float
+    load_s: float
+    warmup_s: float
+    warmup_runs_s: list[float]
+    compile_s: float | None = Field(description="cold compile: the first compiled call minus a steady one")
+    compile_cold: bool | None
+    compiled_graphs: int | None = Field(description="graphs dynamo compiled (its own counter)")
+    work_fraction: float = Field(description="share of the baseline's transformer work this side computed")
+    work_per_step: list[float]
+    component_sizes_mb: dict[str, float]
+    applied: list[str]
+    warnings: list[str]
+    deterministic: bool
+    runs: list[RunRecord]
+    reused: bool | None = None
+    quantization: dict[str, Quantized] | None = None
+    mag_ratios: list[float] | None = None
+
+
+class Interval(_Data):
+    estimate: float
+    low: float | None
+    high: float | None
+    runs: int
+    method: str
+    verdict: str
+    confidence: float
+    half_width: float | None
+    text: str
+
+
+class DifferenceInterval(_Data):
+    estimate: float
+    low: float | None
+    high: float | None
+    runs: int
+    verdict: str
+
+
+class Contention(_Data):
+    busy_runs: int
+    runs: int
+    busy_share: float
+    busy_threshold_cores: float
+    others_cores_mean: float | None
+    note: str | None
+
+
+class TimingReport(_Data):
+    mode: str = Field(description="interleaved (both sides loaded, runs in turns) or sequential (blocks)")
+    reason: str | None
+    order: str
+    runs_per_side: int
+    auto: bool
+    target_precision: float
+    time_budget_s: float
+    timed_s: float
+    stopped_because: str
+    target_met: bool | None
+    speedup: Interval
+    memory_saving_mb: DifferenceInterval
+    contention: Contention
+    baseline_reuse: str | None
+
+
+class Quality(_Data):
+    max_abs_diff: int
+    mean_abs_diff: float
+    psnr_db: float | None = Field(description="None when the images are identical")
+    ssim: float
+    changed_pixels: float
+    heatmap_scale: int
+
+
+class PresetReport(_Data):
+    schema_version: int
+    name: str
+    description: str
+    hardware: str
+    optim: dict[str, Any]
+
+
+class Report(_Data):
+    schema_version: int = REPORT_SCHEMA_VERSION
+    run: dict[str, Any] = Field(description="the resolved run settings both sides used")
+    preset: PresetReport
+    environment: dict[str, Any]
+    baseline: SideReport
+    optimized: SideReport
+    speedup: float = Field(description="baseline time / optimized time: the geometric mean of the paired ratios")
+    speedup_interval: list[float | None] = Field(description="its 95% confidence interval [low, high]")
+    verdict: str = Field(description="faster, slower, no measurable difference, or too few runs")
+    timing: TimingReport
+    memory_saving_mb: float
+    quality: Quality
+    elapsed_s: float
+    files: list[str] = Field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
+def report_json_schema() -> dict[str, Any]:
+    schema = Report.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "Diffusion optimization lab: report.json"
+    return schema
