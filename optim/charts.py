@@ -1,7 +1,8 @@
 """Charts of a comparison, drawn with matplotlib's object API (a `Figure` per chart, never pyplot's global
 state, so concurrent requests in a server cannot draw on each other's axes).
 
-Each function takes a `Report` and returns a `Figure`; `save_charts` writes them as PNG.
+Each function takes a `Report` and returns a `Figure`; `save_charts` writes them as PNG (videos also get the
+per-frame quality chart, `frames_chart`).
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ def latency_chart(report: Report) -> Figure:
         axes.annotate(f"{side.latency_s.median:.3f} s", (position, side.latency_s.median), xytext=(0, 4),
                       textcoords="offset points", ha="center", va="bottom", fontsize=9)
     axes.set_xticks([0, 1], [name for name, _, _ in sides])
-    axes.set_ylabel("latency per image (s)")
+    axes.set_ylabel("latency per video (s)" if report.is_video else "latency per image (s)")
     axes.set_title(report.timing.speedup.text, fontsize=10)
     axes.set_ylim(0, max(max(side.latency_s.runs) for _, side, _ in sides) * 1.2)
     return figure
@@ -107,17 +108,90 @@ def work_chart(report: Report) -> Figure:
     return figure
 
 
+def frames_chart(report: Report) -> Figure:
+    """A video's quality frame by frame: PSNR of each frame (left axis; identical frames drawn at the top, marked),
+    SSIM (right axis), and the temporal difference between consecutive frames (how much the optimized side's
+    frame-to-frame change differs from the baseline's), with the worst frame marked."""
+    video = report.quality.video
+    if video is None:
+        raise ValueError("frames_chart draws videos; this report is an image comparison")
+    figure = Figure(figsize=(6.4, 4.6), dpi=110, layout="constrained")
+    top, bottom = figure.subplots(2, 1, sharex=True, height_ratios=[2, 1])
+    frames = list(range(video.frames))
+    finite = [p for p in video.psnr_db_per_frame if p is not None]
+    ceiling = (max(finite) + 5.0) if finite else 60.0
+    psnr = [ceiling if p is None else p for p in video.psnr_db_per_frame]
+    top.plot(frames, psnr, marker="o", markersize=3, color=OPTIMIZED_COLOUR, label="PSNR (dB)")
+    identical = [f for f, p in zip(frames, video.psnr_db_per_frame) if p is None]
+    if identical:
+        top.scatter(identical, [ceiling] * len(identical), s=40, facecolors="none", edgecolors=BASELINE_COLOUR,
+                    label="identical frame", zorder=3)
+    top.axvline(video.worst_frame, color=SKIPPED_COLOUR, linestyle=":", linewidth=1,
+                label=f"worst frame ({video.worst_frame})")
+    top.set_ylabel("PSNR vs baseline (dB)")
+    ssim_axes = top.twinx()
+    ssim_axes.plot(frames, video.ssim_per_frame, color=SKIPPED_COLOUR, linewidth=1, alpha=0.8, label="SSIM")
+    ssim_axes.set_ylim(min(0.0, min(video.ssim_per_frame)), 1.02)
+    ssim_axes.set_ylabel("SSIM")
+    handles = top.get_legend_handles_labels()
+    more = ssim_axes.get_legend_handles_labels()
+    top.legend(handles[0] + more[0], handles[1] + more[1], loc="lower left", fontsize=7, ncols=2)
+    mean = "identical" if video.psnr_db_mean is None else f"mean {video.psnr_db_mean:.1f} dB"
+    worst = "" if video.psnr_db_worst is None else f", worst {video.psnr_db_worst:.1f} dB"
+    top.set_title(f"Quality per frame ({mean}{worst}; SSIM mean {video.ssim_mean:.3f})", fontsize=10)
+    transitions = [f + 0.5 for f in range(len(video.temporal_diff_per_transition))]
+    bottom.bar(transitions, video.temporal_diff_per_transition, width=0.8, color=OPTIMIZED_COLOUR, alpha=0.7)
+    bottom.set_ylabel("temporal diff\n(levels)", fontsize=8)
+    bottom.set_xlabel("frame")
+    bottom.xaxis.set_major_locator(MaxNLocator(integer=True))
+    bottom.set_xlim(-0.5, video.frames - 0.5)
+    bottom.set_ylim(bottom=0)
+    return figure
+
+
 CHARTS = {
     "latency.png": latency_chart,
     "per_step.png": per_step_chart,
     "memory.png": memory_chart,
     "work.png": work_chart,
 }
+VIDEO_CHARTS = {"frames.png": frames_chart}
 
 
 def save_charts(report: Report, directory: Path) -> list[str]:
     names = []
-    for name, draw in CHARTS.items():
+    charts = {**CHARTS, **(VIDEO_CHARTS if report.is_video else {})}
+    for name, draw in charts.items():
         draw(report).savefig(directory / name)
         names.append(name)
     return names
+
+
+def pareto_chart(rows: list[dict[str, Any]], front: list[dict[str, Any]], quality: str, *, title: str = "") -> Figure:
+    """A sweep: speedup (with its 95% interval) against a quality metric, each point labelled, the Pareto front
+    (points no other beats on both) joined and highlighted, the baseline at (1, best quality) for reference."""
+    figure, axes = _figure(7.5, 4.8)
+    ok = [row for row in rows if row.get("status") == "ok" and row.get(quality) is not None]
+    front_ids = {row["id"] for row in front}
+    for row in ok:
+        on_front = row["id"] in front_ids
+        low, high = row.get("speedup_low"), row.get("speedup_high")
+        if low is not None and high is not None:
+            axes.plot([row[quality]] * 2, [low, high], color=OPTIMIZED_COLOUR if on_front else BASELINE_COLOUR,
+                      alpha=0.5, linewidth=1.5)
+        axes.scatter([row[quality]], [row["speedup"]], s=46 if on_front else 26, zorder=3,
+                     color=OPTIMIZED_COLOUR if on_front else BASELINE_COLOUR, edgecolors="black", linewidths=0.5)
+        axes.annotate(row["label"][:34], (row[quality], row["speedup"]), xytext=(4, 3), textcoords="offset points",
+                      fontsize=7, alpha=0.9 if on_front else 0.6)
+    if front:
+        ordered = sorted(front, key=lambda r: r[quality])
+        axes.plot([r[quality] for r in ordered], [r["speedup"] for r in ordered], color=OPTIMIZED_COLOUR,
+                  linewidth=1.2, label="Pareto front")
+    best = max([row[quality] for row in ok] + [1.0 if quality.startswith("ssim") else 0.0])
+    axes.scatter([best], [1.0], marker="*", s=90, color=BASELINE_COLOUR, label="baseline", zorder=4)
+    axes.axhline(1.0, color=BASELINE_COLOUR, linewidth=0.8, linestyle="--")
+    axes.set_xlabel(quality.replace("_", " ") + ("  (higher: closer to the baseline)"))
+    axes.set_ylabel("speedup over the baseline (95% CI)")
+    axes.set_title(title or "Speed against quality", fontsize=10)
+    axes.legend(loc="best", fontsize=8)
+    return figure

@@ -67,6 +67,34 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--out", required=True, type=Path, help="directory for report.json, report.md, images, charts")
     compare.add_argument("--quiet", action="store_true", help="no progress on stderr")
 
+    for name, text in (("sweep", "evaluate a space of configurations over a prompt set; a Pareto front"),
+                       ("tune", "find the fastest configuration meeting quality floors over a prompt set")):
+        command = commands.add_parser(name, help=text)
+        command.add_argument("--space", default=None if name == "sweep" else "tune-caches", required=name == "sweep",
+                             help="a shipped space (" + ", ".join(_spaces()) + ") or a space .json file")
+        command.add_argument("--prompts", default=None, help="a shipped prompt set (embedded, general) or a text "
+                                                             "file, one prompt per line (default: the model's)")
+        command.add_argument("--seeds", default="0", help="comma-separated seeds, each used with every prompt")
+        command.add_argument("--model", help="'embedded' (default), a Hub id, a local folder, tiny:..., synthetic:...")
+        command.add_argument("--steps", type=int)
+        command.add_argument("--width", type=int)
+        command.add_argument("--height", type=int)
+        command.add_argument("--device", choices=["auto", "cpu", "cuda"])
+        command.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"])
+        command.add_argument("--point-budget", type=float, default=None, dest="point_budget_s",
+                             help="seconds of timed runs per point at most (default 20 for sweep, 10 for tune)")
+        command.add_argument("--resume", action="store_true", help="keep the points already in OUT/rows.jsonl")
+        command.add_argument("--out", required=True, type=Path, help="directory for the rows, tables, chart, presets")
+        command.add_argument("--quiet", action="store_true")
+        if name == "sweep":
+            command.add_argument("--quality", default="ssim_worst",
+                                 help="the quality axis of the front: psnr_mean, psnr_worst, ssim_mean, ssim_worst, "
+                                      "adherence")
+        else:
+            command.add_argument("--floor", action="append", required=True,
+                                 help="a worst-case quality floor, e.g. 'ssim>=0.98', 'psnr>=35' (repeatable)")
+            command.add_argument("--budget", default="10m", help="time for the whole search, e.g. 600, 10m, 1h")
+
     presets = commands.add_parser("presets", help="list the shipped presets")
     presets.add_argument("--json", action="store_true")
 
@@ -88,7 +116,7 @@ def run_settings(args: argparse.Namespace) -> dict[str, Any]:
         "max_sequence_length", "dtype", "device", "warmup_runs", "timed_runs", "target_precision", "time_budget_s",
         "timing",
     ]
-    return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
+    return {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
 
 
 def _progress(quiet: bool) -> Any:
@@ -123,6 +151,78 @@ def cmd_compare(args: argparse.Namespace) -> int:
     for note in filter(None, notes):
         print(f"note: {note}")
     print(f"wrote {args.out}/report.json and {len(report.files) - 1} more files")
+    return 0
+
+
+def _spaces() -> list[str]:
+    from optim.sweep import shipped_spaces
+
+    return shipped_spaces()
+
+
+def _sweep_inputs(args: argparse.Namespace) -> tuple[Any, Any, Any, list[int]]:
+    from optim.config import parse_run
+    from optim.prompts import default_prompt_set, load_prompt_set
+    from optim.sweep import load_space_file
+
+    space = load_space_file(args.space)
+    settings = {**space.run, **{k: v for k, v in run_settings(args).items()}}
+    run = parse_run(settings)
+    prompts = load_prompt_set(args.prompts or default_prompt_set(run.model))
+    try:
+        seeds = [int(seed) for seed in args.seeds.split(",") if seed.strip()]
+    except ValueError:
+        raise ConfigError(f"--seeds {args.seeds!r}: give whole numbers separated by commas") from None
+    if not seeds:
+        raise ConfigError("--seeds: give at least one seed")
+    return space, run, prompts, seeds
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from optim.sweep import QUALITY_METRICS, POINT_BUDGET_S, run_sweep
+
+    if args.quality not in QUALITY_METRICS:
+        raise ConfigError(f"--quality {args.quality!r}: use one of {', '.join(QUALITY_METRICS)}")
+    space, run, prompts, seeds = _sweep_inputs(args)
+    result = run_sweep(space, prompts, args.out, run_spec=run, seeds=seeds, resume=args.resume,
+                       quality=args.quality, progress=_progress(args.quiet),
+                       point_budget_s=args.point_budget_s or POINT_BUDGET_S)
+    ok = [row for row in result.rows if row["status"] == "ok"]
+    print(f"{space.name}: {len(result.rows)} points ({len(ok)} measured, {result.resumed} from an earlier run), "
+          f"{len(prompts.prompts)} prompts x {len(seeds)} seed(s), {result.elapsed_s:.0f} s "
+          f"({result.pipeline_s:.0f} s inside the pipeline)")
+    for row in result.rows:
+        mark = "*" if row["id"] in {r["id"] for r in result.front} else " "
+        if row["status"] == "ok":
+            print(f" {mark} {row['label'][:48]:48}  {row['speedup']:.2f}x ({row['speedup_low']:.2f}-"
+                  f"{row['speedup_high']:.2f}, {row['verdict']})  work {row['work_fraction']:.0%}  "
+                  f"{args.quality} {row[args.quality]:.4f}")
+        else:
+            print(f"   {row['label'][:48]:48}  {row['status']}: {row.get('reason', '')[:100]}")
+    print(f"* on the Pareto front (speedup against {args.quality}); wrote {args.out}/ "
+          f"{', '.join(result.files[:3])} and {len(result.files) - 3} more")
+    return 0
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    from optim.sweep import parse_floor
+    from optim.tune import parse_budget, tune
+
+    floors = [parse_floor(text) for text in args.floor]
+    budget = parse_budget(args.budget)
+    space, run, prompts, seeds = _sweep_inputs(args)
+    result = tune(space, prompts, floors, args.out, budget_s=budget, run_spec=run, seeds=seeds, resume=args.resume,
+                  progress=_progress(args.quiet), point_budget_s=args.point_budget_s or 10.0)
+    print(f"{result.strategy}: {result.evaluations} evaluations in {result.elapsed_s:.0f} s over "
+          f"{len(prompts.prompts)} prompts x {len(seeds)} seed(s)")
+    if result.best is None:
+        print("no evaluated configuration meets " + ", ".join(str(f) for f in floors))
+        return 1
+    best = result.best
+    print(f"fastest meeting {', '.join(str(f) for f in floors)}: {best['label']}: {best['speedup']:.2f}x "
+          f"({best['speedup_low']:.2f}-{best['speedup_high']:.2f}, {best['verdict']}), "
+          + ", ".join(f"{f.metric} {best[f.metric]:.4f}" for f in floors))
+    print(f"wrote {args.out}/tuned.json (the preset) and the evidence: sweep.json, sweep.csv, pareto.png")
     return 0
 
 
@@ -197,7 +297,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     quiet_libraries()
     args = build_parser().parse_args(argv)
     handlers = {"compare": cmd_compare, "presets": cmd_presets, "capabilities": cmd_capabilities, "schema": cmd_schema,
-                "reference": cmd_reference, "report-schema": cmd_report_schema}
+                "reference": cmd_reference, "report-schema": cmd_report_schema, "sweep": cmd_sweep, "tune": cmd_tune}
     try:
         return handlers[args.command](args)
     except OptimError as error:

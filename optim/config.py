@@ -74,10 +74,13 @@ class Settings(BaseModel):
 
 
 def info(label: str, help: str, *, advanced: bool = False, labels: dict[str, str] | None = None,
-         cuda: dict[Any, str] | None = None) -> dict[str, Any]:
+         cuda: dict[Any, str] | None = None, faster_when_higher: bool = False) -> dict[str, Any]:
     """`Field(**info(...))`: a setting's facts. `labels`: how its choices are shown; `cuda`: the values that need a
-    CUDA GPU, each with the reason (a bool field uses the key True)."""
+    CUDA GPU, each with the reason (a bool field uses the key True); `faster_when_higher`: raising it skips more
+    work (faster, lower fidelity), which the tuner uses to bisect it."""
     extra: dict[str, Any] = {"advanced": advanced}
+    if faster_when_higher:
+        extra["faster_when_higher"] = True
     if labels:
         extra["labels"] = labels
     if cuda:
@@ -104,6 +107,7 @@ class Facts:
     advanced: bool = False
     labels: dict[str, str] = dataclass_field(default_factory=dict)
     needs_cuda: dict[str, str] = dataclass_field(default_factory=dict)
+    faster_when_higher: bool = False
 
     def cuda_reason(self, value: Any) -> str | None:
         """Why `value` needs a CUDA GPU (None: it runs anywhere)."""
@@ -120,6 +124,7 @@ def facts(cls: type[BaseModel], name: str) -> Facts:
         advanced=bool(extra.get("advanced")),
         labels=dict(extra.get("labels") or {}),
         needs_cuda=dict(extra.get("needs_cuda") or {}),
+        faster_when_higher=bool(extra.get("faster_when_higher")),
     )
 
 
@@ -169,6 +174,12 @@ class RunSpec(Settings):
     max_sequence_length: Annotated[int, Field(ge=1, le=512)] | None = Field(
         None, **info("Max text tokens", "Empty: the model's default (the length it was trained with).",
                      advanced=True))
+    num_frames: Annotated[int, Field(ge=1, le=1025)] | None = Field(
+        None, **info("Frames", "Video models only: frames per clip (CogVideoX and Wan take 4k+1: 9, 49, 81). Time "
+                     "and memory grow with frames. Empty: the model's default."))
+    fps: Annotated[int, Field(ge=1, le=240)] | None = Field(
+        None, **info("Frames per second", "Video models only: the frame rate of the written MP4 (and of the "
+                     "pipeline, where it takes one). Empty: the model's default.", advanced=True))
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto", **info("Precision", "auto: bfloat16 on a GPU, float32 on a CPU. Both sides use it.", advanced=True))
     device: Literal["auto", "cpu", "cuda"] = Field(
@@ -237,7 +248,7 @@ class FirstBlockCache(Settings):
     method: Literal["first_block_cache"]
     threshold: Annotated[float, Field(gt=0.0, le=1.0)] = Field(0.05, **info(
         "Threshold", "When the first block's output changed less than this (relative) since the last computed "
-        "step, the other blocks are skipped. Higher: more skipped steps, lower fidelity."))
+        "step, the other blocks are skipped. Higher: more skipped steps, lower fidelity.", faster_when_higher=True))
 
 
 class PyramidAttentionBroadcast(Settings):
@@ -248,7 +259,7 @@ class PyramidAttentionBroadcast(Settings):
                            "the timestep is in range; cross attention tolerates the most skipping, spatial the least.")
     method: Literal["pyramid_attention_broadcast"]
     spatial_attention_block_skip_range: SkipRange | None = Field(2, **info(
-        "Spatial skip range", _SKIP.format(kind="spatial (self)")))
+        "Spatial skip range", _SKIP.format(kind="spatial (self)"), faster_when_higher=True))
     temporal_attention_block_skip_range: SkipRange | None = Field(None, **info(
         "Temporal skip range", _SKIP.format(kind="temporal") + " Only for models with separate temporal attention "
         "blocks.", advanced=True))
@@ -333,7 +344,8 @@ class MagCache(Settings):
                            "1, up to an error budget.")
     method: Literal["mag_cache"]
     threshold: Annotated[float, Field(gt=0.0, le=2.0)] = Field(0.06, **info(
-        "Threshold", "Accumulated error allowed before recomputing. Higher: faster, lower fidelity."))
+        "Threshold", "Accumulated error allowed before recomputing. Higher: faster, lower fidelity.",
+        faster_when_higher=True))
     max_skip_steps: Annotated[int, Field(ge=1, le=50)] = Field(3, **info(
         "Max skipped steps in a row", "Caps drift between fully computed steps."))
     retention_ratio: Annotated[float, Field(ge=0.0, le=1.0)] = Field(0.2, **info(
@@ -351,7 +363,8 @@ class TaylorSeer(Settings):
                            "with a Taylor expansion.")
     method: Literal["taylorseer"]
     cache_interval: Annotated[int, Field(ge=1, le=50)] = Field(5, **info(
-        "Cache interval", "Compute fully every N steps, predict in between. Higher: faster, lower fidelity."))
+        "Cache interval", "Compute fully every N steps, predict in between. Higher: faster, lower fidelity.",
+        faster_when_higher=True))
     disable_cache_before_step: Annotated[int, Field(ge=0, le=500)] = Field(3, **info(
         "Full steps first", "Steps computed fully before caching starts."))
     disable_cache_after_step: Annotated[int, Field(ge=0, le=500)] | None = Field(None, **info(

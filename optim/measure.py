@@ -21,7 +21,7 @@ import gc
 import hashlib
 import statistics
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
 import numpy as np
@@ -43,6 +43,14 @@ Progress = Callable[[str, int, int], None]  # (phase, done, total)
 
 
 @dataclass(frozen=True)
+class Item:
+    """One prompt and seed a side is run on (a comparison has one; a sweep has a prompt set)."""
+
+    prompt: str
+    seed: int
+
+
+@dataclass(frozen=True)
 class SideJob:
     """Everything one side needs; plain data, so it can cross a process boundary."""
 
@@ -52,6 +60,8 @@ class SideJob:
     optim: C.OptimConfig
     # Worker processes only: the most memory (MB beyond what the process has at start) the side may map.
     memory_limit_mb: int | None = None
+    # The prompts and seeds to run (a sweep's prompt set); empty: the run's own prompt and seed.
+    items: tuple[Item, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -153,25 +163,49 @@ class SideResult:
         )
 
 
+@dataclass(frozen=True)
+class Probe:
+    """The eager, counted run of one item under one configuration: its image and transformer work per step."""
+
+    image: np.ndarray
+    step_work: list[float]
+    latency_s: float
+
+
+def swappable(current: C.OptimConfig, new: C.OptimConfig) -> bool:
+    """Whether a loaded side configured as `current` can be reconfigured as `new` without reloading: what is
+    fixed at load or cannot be undone (quantization, offload, compile) must be the same, and compile off."""
+    return (current.quantization == new.quantization and current.offload == new.offload
+            and current.compile.mode == "off" and new.compile.mode == "off")
+
+
 class Side:
     """One side of a comparison, kept loaded between timed runs. Every method raises `OptimError`s with
-    user-facing messages; `close()` must be called (it undoes what was applied and drops the pipeline)."""
+    user-facing messages; `close()` must be called (it undoes what was applied and drops the pipeline).
+
+    A sweep also runs a side on several items (prompt, seed) and may `reconfigure` it: the attention backend,
+    cache and VAE options change in place, with everything before undone (see `swappable`)."""
 
     def __init__(self, job: SideJob, progress: Progress | None = None,
                  should_stop: Callable[[], bool] | None = None) -> None:
         self.job = job
+        self.optim = job.optim
         self.report = progress or (lambda phase, done, total: None)
         self.should_stop = should_stop
         self.phase = "loading"
         self.applied = Applied()
         self.pipe: Any = None
-        self.kwargs: dict[str, Any] = {}
+        self.items: list[Item] = list(job.items) or [Item(job.run.prompt, job.run.seed)]
+        self.item_kwargs: list[dict[str, Any]] = []
         self.memory: MemoryProbe | None = None
-        self._probe_image: np.ndarray | None = None
-        self._first_image: np.ndarray | None = None
-        self._last_image: np.ndarray | None = None
+        self.probes: list[Probe] = []
+        self._first_image: dict[int, np.ndarray] = {}
+        self._last_image: dict[int, np.ndarray] = {}
         self._deterministic = True
         self._timed = 0
+        self._mag_ratios: dict[int, list[float]] = {}
+        self._sizes: dict[str, float] = {}
+        self._load_s = 0.0
 
     def _on_step(self, step: int, label: str) -> None:
         self.report(label, step + 1, self.job.run.steps)
@@ -181,19 +215,23 @@ class Side:
     def _failure(self, error: BaseException) -> BaseException:
         if isinstance(error, (OptimError, KeyboardInterrupt, SystemExit)):
             return error
-        return explain_failure(error, phase=self.phase, job=self.job)
+        return explain_failure(error, phase=self.phase, job=replace(self.job, optim=self.optim))
 
-    def prepare(self) -> Setup:
+    def _guarded(self, action: Callable[[], Any]) -> Any:
         from optim.logs import quiet_progress_bars
 
         quiet_progress_bars()
         try:
-            return self._prepare()
+            return action()
         except BaseException as error:  # noqa: BLE001 - every failure leaves as a user-facing error
             raise self._failure(error) from None
 
+    def prepare(self) -> Setup:
+        """Load, apply the job's optimizations, probe every item (eager, work counted), compile, warm up."""
+        return self._guarded(self._prepare)
+
     def _prepare(self) -> Setup:
-        run, optim = self.job.run, self.job.optim
+        run, optim = self.job.run, self.optim
         self.report("loading", 0, 1)
         started = time.perf_counter()
         quant_config = None
@@ -205,61 +243,94 @@ class Side:
         self.pipe = pipe = load_pipeline(self.job.model, dtype=run.dtype, quantization_config=quant_config)
         if optim.offload.mode == "none":
             pipe.to(run.device)
-        load_s = time.perf_counter() - started
+        self._load_s = time.perf_counter() - started
         pipe.set_progress_bar_config(disable=True)  # progress goes through `report`, not tqdm on stderr
         weights = [name for name, part in pipe.components.items() if hasattr(part, "parameters")]
-        sizes = component_sizes_mb(pipe, weights)
-
-        self.phase = "applying optimizations"
-        applied = self.applied
-        mag_ratios = None
-        if isinstance(optim.cache, C.MagCache):
-            mag_ratios = _mag_ratios(pipe, optim.cache, run, applied, self._on_step)
-        apply_before_probe(pipe, optim, run, applied, mag_ratios=mag_ratios)
-        self.kwargs, call_warnings = call_kwargs(pipe, run)
-        for warning in call_warnings:
-            applied.warn(warning)
-
-        self.phase = "warm-up (eager probe)"
-        counter = WorkCounter().attach(pipe.transformer)
-        try:
-            probe = generate(pipe, self.kwargs, seed=run.seed, device=run.device,
-                             on_step=counter_step(counter, self._on_step))
-        finally:
-            counter.detach()
-        self._probe_image = probe.image
-        warmup_s = [probe.latency_s]
+        self._sizes = component_sizes_mb(pipe, weights)
+        warmup_s = self._configure(optim)
 
         self.phase = "compiling"
         graphs_before = compiled_graph_count()
-        apply_after_probe(pipe, optim, applied)
+        apply_after_probe(pipe, optim, self.applied)
         compiled = optim.compile.mode != "off"
         for index in range(run.warmup_runs - 1 + (1 if compiled else 0)):
             self.phase = "compiling" if compiled and index == 0 else "warm-up"
-            result = generate(pipe, self.kwargs, seed=run.seed, device=run.device,
+            result = generate(pipe, self.item_kwargs[0], seed=self.items[0].seed, device=run.device,
                               on_step=lambda s, p=self.phase: self._on_step(s, p))
             warmup_s.append(result.latency_s)
-        details = dict(applied.details)
         if compiled:
             # Proof that torch.compile really produced graphs (dynamo's own counter), not just that it was asked.
-            details["compiled_graphs"] = compiled_graph_count() - graphs_before
-        if mag_ratios is not None:
-            details["mag_ratios"] = mag_ratios
+            self.applied.details["compiled_graphs"] = compiled_graph_count() - graphs_before
         self.phase = "timed runs"
-        resident, setup_peak, free = self.memory.footprint()
-        return Setup(load_s=load_s, warmup_s=warmup_s, step_work=list(counter.per_step), component_sizes_mb=sizes,
-                     applied=list(applied.steps), warnings=list(applied.warnings), details=details,
-                     resident_mb=resident, setup_peak_mb=setup_peak, free_mb=free,
-                     device_name=device_name(run.device), threads=thread_settings())
+        return self._setup(warmup_s)
 
-    def timed(self, label: str = "timed run") -> Timing:
-        """One timed run, with this run's memory peak and the machine's load during it."""
+    def _configure(self, optim: C.OptimConfig) -> list[float]:
+        """Apply everything but compile, then probe each item (the first warm-up). Returns the probes' times."""
+        run, pipe = self.job.run, self.pipe
+        self.phase = "applying optimizations"
+        self.optim = optim
+        applied = self.applied
+        mag_ratios = None
+        if isinstance(optim.cache, C.MagCache):
+            if optim.cache.mag_ratios == "calibrate" and run.steps in self._mag_ratios:
+                mag_ratios = self._mag_ratios[run.steps]
+                applied.add(f"MagCache ratios: calibrated on this model ({len(mag_ratios)} steps, untimed run)")
+            else:
+                mag_ratios = _mag_ratios(pipe, optim.cache, run, applied, self._on_step)
+                if optim.cache.mag_ratios == "calibrate":
+                    self._mag_ratios[run.steps] = mag_ratios
+            applied.details["mag_ratios"] = mag_ratios
+        apply_before_probe(pipe, optim, run, applied, mag_ratios=mag_ratios)
+        self.item_kwargs = []
+        for item in self.items:
+            kwargs, call_warnings = call_kwargs(pipe, replace(run, prompt=item.prompt, seed=item.seed))
+            self.item_kwargs.append(kwargs)
+            for warning in call_warnings:
+                applied.warn(warning)
+
+        self.phase = "warm-up (eager probe)"
+        self.probes = []
+        counter = WorkCounter().attach(pipe.transformer)
         try:
-            return self._timed_run(label)
-        except BaseException as error:  # noqa: BLE001
-            raise self._failure(error) from None
+            for item, kwargs in zip(self.items, self.item_kwargs):
+                counter.reset()
+                result = generate(pipe, kwargs, seed=item.seed, device=run.device,
+                                  on_step=counter_step(counter, self._on_step))
+                self.probes.append(Probe(result.image, list(counter.per_step), result.latency_s))
+        finally:
+            counter.detach()
+        self._first_image, self._last_image, self._deterministic, self._timed = {}, {}, True, 0
+        return [probe.latency_s for probe in self.probes[:1]]
 
-    def _timed_run(self, label: str) -> Timing:
+    def _setup(self, warmup_s: list[float]) -> Setup:
+        resident, setup_peak, free = self.memory.footprint()
+        return Setup(load_s=self._load_s, warmup_s=warmup_s, step_work=self.probes[0].step_work,
+                     component_sizes_mb=self._sizes, applied=list(self.applied.steps),
+                     warnings=list(self.applied.warnings), details=dict(self.applied.details),
+                     resident_mb=resident, setup_peak_mb=setup_peak, free_mb=free,
+                     device_name=device_name(self.job.run.device), threads=thread_settings())
+
+    def reconfigure(self, optim: C.OptimConfig) -> Setup:
+        """Undo the current optimizations and apply `optim` in place (no reload: see `swappable`), then probe
+        every item again."""
+        if not swappable(self.optim, optim):
+            raise RunError("this side cannot be reconfigured in place (quantization, offload or compile differ); "
+                           "it needs a fresh worker")
+
+        def change() -> Setup:
+            self.applied.undo_all()
+            self.applied = Applied()
+            warmup_s = self._configure(optim)
+            self.phase = "timed runs"
+            return self._setup(warmup_s)
+
+        return self._guarded(change)
+
+    def timed(self, label: str = "timed run", item: int = 0) -> Timing:
+        """One timed run of item `item`, with this run's memory peak and the machine's load during it."""
+        return self._guarded(lambda: self._timed_run(label, item))
+
+    def _timed_run(self, label: str, item: int) -> Timing:
         run = self.job.run
         if self._timed == 0:
             fault = faults.requested(run.prompt, self.job.side)
@@ -267,16 +338,16 @@ class Side:
                 faults.inject(fault, height=run.height, width=run.width, should_stop=self.should_stop)
         self.memory.reset_peaks()
         meter = LoadMeter().start()
-        result = generate(self.pipe, self.kwargs, seed=run.seed, device=run.device,
+        result = generate(self.pipe, self.item_kwargs[item], seed=self.items[item].seed, device=run.device,
                           on_step=lambda s: self._on_step(s, label))
         load = meter.stop(result.latency_s)
         peaks = self.memory.read()
         self._timed += 1
-        if self._first_image is None:
-            self._first_image = result.image
-        elif self._deterministic and not np.array_equal(self._first_image, result.image):
+        if item not in self._first_image:
+            self._first_image[item] = result.image
+        elif self._deterministic and not np.array_equal(self._first_image[item], result.image):
             self._deterministic = False
-        self._last_image = result.image
+        self._last_image[item] = result.image
         return Timing(latency_s=result.latency_s, per_step_s=result.per_step_s,
                       peak_memory_mb=peaks["peak_memory_mb"], reserved_memory_mb=peaks["reserved_memory_mb"],
                       host_peak_memory_mb=peaks["host_peak_memory_mb"], load=load,
@@ -286,11 +357,15 @@ class Side:
         """(held now, the most held so far, still free) in MB (`MemoryProbe.footprint`)."""
         return self.memory.footprint()
 
+    def images(self) -> list[np.ndarray]:
+        """Each item's image: from its last timed run, else from its probe."""
+        return [self._last_image.get(index, probe.image) for index, probe in enumerate(self.probes)]
+
     def finish(self) -> Final:
-        if self._last_image is None:
+        if 0 not in self._last_image:
             raise RunError(f"the {self.job.side} side was finished before any timed run")
-        return Final(image=self._last_image, deterministic=self._deterministic,
-                     probe_matches_timed=bool(np.array_equal(self._probe_image, self._last_image)))
+        return Final(image=self._last_image[0], deterministic=self._deterministic,
+                     probe_matches_timed=bool(np.array_equal(self.probes[0].image, self._last_image[0])))
 
     def close(self) -> None:
         try:

@@ -35,7 +35,7 @@ from typing import Any, Callable
 
 from optim import errors, scratch
 from optim.errors import Cancelled, OptimError, WorkerCrashed
-from optim.measure import Final, Progress, Setup, SideJob, Timing
+from optim.measure import Final, Probe, Progress, Setup, SideJob, Timing
 
 # Imported once in the zygote or the spares; children start with them already loaded.
 PRELOAD = ["optim.worker_preload"]
@@ -271,10 +271,12 @@ launcher = Launcher()
 def serve_side(job: SideJob, connection: Connection) -> None:
     """Runs in the side's own process: prepare the side, then answer the parent's commands until it says close.
 
-    Parent -> child: ("timed", label) | ("footprint",) | ("finish",) | ("close",).
-    Child -> parent: ("progress", (phase, done, total)) at any time; ("ready", Setup) once prepared;
-    ("timing", Timing) per timed run; ("footprint", (held, peak, free MB)); ("final", Final); ("error", (class
-    name, message)) on a failure, after which the process ends.
+    Parent -> child: ("timed", label, item) | ("configure", OptimConfig) | ("probes",) | ("images",) |
+    ("footprint",) | ("finish",) | ("close",).
+    Child -> parent: ("progress", (phase, done, total)) at any time; ("ready", Setup) once prepared or
+    reconfigured; ("timing", Timing) per timed run; ("probes", [Probe]); ("images", [image]); ("footprint",
+    (held, peak, free MB)); ("final", Final); ("error", (class name, message)) on a failure, after which the
+    process ends.
     """
     from optim.machine import configure_threads
     from optim.measure import Side
@@ -291,6 +293,12 @@ def serve_side(job: SideJob, connection: Connection) -> None:
             command, *arguments = connection.recv()
             if command == "timed":
                 connection.send(("timing", side.timed(*arguments)))
+            elif command == "configure":
+                connection.send(("ready", side.reconfigure(*arguments)))
+            elif command == "probes":
+                connection.send(("probes", side.probes))
+            elif command == "images":
+                connection.send(("images", side.images()))
             elif command == "finish":
                 connection.send(("final", side.finish()))
             elif command == "footprint":
@@ -386,9 +394,22 @@ class RemoteSide:
     def prepare(self) -> Setup:
         return self._await("ready")
 
-    def timed(self, label: str = "timed run") -> Timing:
-        self._send(("timed", label))
+    def timed(self, label: str = "timed run", item: int = 0) -> Timing:
+        self._send(("timed", label, item))
         return self._await("timing")
+
+    def reconfigure(self, optim: Any) -> Setup:
+        self._send(("configure", optim))
+        return self._await("ready")
+
+    @property
+    def probes(self) -> list[Probe]:
+        self._send(("probes",))
+        return self._await("probes")
+
+    def images(self) -> list[Any]:
+        self._send(("images",))
+        return self._await("images")
 
     def footprint(self) -> tuple[float, float, float | None]:
         self._send(("footprint",))
