@@ -1,9 +1,10 @@
-"""Measure several presets, each against a fresh baseline, and write a dated benchmark record.
+"""Measure several presets, each against its own baseline, and write a dated benchmark record.
 
-Each preset is compared with a baseline measured right before it (side by side in time: on a shared machine
-speed drifts over minutes, so a baseline measured once at the start would skew later ratios), under the same
-protocol, each side in its own process. The record holds the machine, the versions, the exact command and every
-figure, as Markdown (for people) and JSON (for tools), under benchmarks/records/.
+Each preset is compared under the engine's protocol: both sides loaded at once in their own processes, timed
+runs in turns ("auto": until the speedup's 95% interval is within 5% or the budget is spent), the speedup with
+its interval and verdict. The record holds the machine, the versions, the exact command and every figure, as
+Markdown (for people) and JSON (for tools), under benchmarks/records/. Needs the package installed
+(`pip install -e .`).
 
     # the embedded model on this machine's CPU
     python benchmarks/run_presets.py --presets first-block-cache,mag-cache,quantize-torchao-int8
@@ -15,6 +16,7 @@ figure, as Markdown (for people) and JSON (for tools), under benchmarks/records/
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import json
 import os
@@ -24,7 +26,6 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
@@ -36,7 +37,8 @@ def main() -> int:
     parser.add_argument("--steps", type=int)
     parser.add_argument("--width", type=int)
     parser.add_argument("--height", type=int)
-    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--runs", default="auto", help="timed runs per side, or auto (default)")
+    parser.add_argument("--budget", type=float, default=60.0, help="auto: seconds of timed runs at most")
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument(
         "--repeats", type=int, default=1,
@@ -56,7 +58,8 @@ def main() -> int:
     from optim.errors import OptimError
     from optim.presets import load_preset
 
-    settings = {"model": args.model, "timed_runs": args.runs, "warmup_runs": args.warmup}
+    runs = args.runs if args.runs == "auto" else int(args.runs)
+    settings = {"model": args.model, "timed_runs": runs, "warmup_runs": args.warmup, "time_budget_s": args.budget}
     for name in ("prompt", "steps", "width", "height"):
         if getattr(args, name) is not None:
             settings[name] = getattr(args, name)
@@ -78,6 +81,10 @@ def main() -> int:
         rows.append({
             "preset": preset.name,
             "speedups": speedups,
+            "interval": report["speedup_interval"],
+            "verdict": report["verdict"],
+            "runs_per_side": report["timing"]["runs_per_side"],
+            "busy_share": report["timing"]["contention"]["busy_share"],
             "baseline_latency_s": b["latency_s"]["median"],
             "latency_s": o["latency_s"]["median"],
             "latency_min_s": o["latency_s"]["min"],
@@ -94,7 +101,7 @@ def main() -> int:
             "warnings": o["warnings"],
         })
 
-    info = device_info()
+    info = dataclasses.asdict(device_info())
     resolved = reports[0]["run"] if reports else settings
     table = markdown_table(rows)
     print(table)
@@ -118,10 +125,11 @@ def main() -> int:
         "",
         f"Run settings: {json.dumps(resolved)}",
         "",
-        "Each side in its own process; latency is the median of the timed runs after warm-up; each preset was",
-        f"compared {args.repeats} time(s) with a fresh baseline, and the row shows the comparison with the median",
+        "Both sides loaded at once, each in its own process, timed runs in turns; the speedup is the geometric",
+        "mean of the paired ratios with its 95% interval and verdict; latency is the optimized side's median;",
+        f"each preset was compared {args.repeats} time(s) and the row shows the comparison with the median",
         "speedup; compile time is a cold compile; peak memory is CUDA max allocated on a GPU and the process RSS",
-        "growth on a CPU.",
+        "growth on a CPU; 'busy' is the share of timed runs during which other processes used the CPU.",
         "",
         table,
         "",
@@ -133,18 +141,21 @@ def main() -> int:
 
 def markdown_table(rows: list[dict]) -> str:
     lines = [
-        "| preset | latency (s) | speedup | speedups of all repeats | peak memory (MB) | base memory (MB) | work computed | PSNR (dB) | SSIM | compile (s) |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| preset | speedup (95% CI) | verdict | runs per side | busy | latency (s) | peak memory (MB) | base memory "
+        "(MB) | work computed | PSNR (dB) | SSIM | compile (s) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         if "error" in row:
-            lines.append(f"| {row['preset']} | failed: {row['error'][:120]} | | | | | | | | |")
+            lines.append(f"| {row['preset']} | failed: {row['error'][:120]} | | | | | | | | | | |")
             continue
         psnr = "identical" if row["psnr_db"] is None else f"{row['psnr_db']:.1f}"
         compile_s = "-" if row["compile_s"] is None else f"{row['compile_s']:.1f}"
+        low, high = row["interval"]
+        interval = f"{row['speedup']:.2f}x ({low:.2f}-{high:.2f})" if low is not None else f"{row['speedup']:.2f}x"
         lines.append(
-            f"| {row['preset']} | {row['latency_s']:.3f} ({row['latency_min_s']:.3f}-{row['latency_max_s']:.3f}) "
-            f"| {row['speedup']:.2f}x | {', '.join(f'{x:.2f}' for x in row['speedups'])} | {row['peak_memory_mb']:.0f} | {row['baseline_peak_memory_mb']:.0f} "
+            f"| {row['preset']} | {interval} | {row['verdict']} | {row['runs_per_side']} | {row['busy_share']:.0%} "
+            f"| {row['latency_s']:.3f} | {row['peak_memory_mb']:.0f} | {row['baseline_peak_memory_mb']:.0f} "
             f"| {row['work_fraction']:.0%} | {psnr} | {row['ssim']:.4f} | {compile_s} |"
         )
     return "\n".join(lines)

@@ -351,10 +351,6 @@ def save_loss_curve(losslog: LossLog, path: Path) -> None:
     fig.savefig(path)
 
 
-def folder_size(path: Path) -> int:
-    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
-
-
 def write_model_card(out: Path, args, argv, info: dict) -> None:
     cmd = "python -m embedded.train " + " ".join(a for a in argv if a != "--report-only")
     p = info["params"]

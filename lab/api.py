@@ -90,7 +90,8 @@ def api_compare(ctx: ServerContext, preset: str, model: str | None = EMBEDDED_MO
         log.exception("api compare failed")
         raise gr.Error(f"Unexpected error ({type(error).__name__}: {error})") from None
     report = json_safe(comparison.to_report())
-    return report, comparison.baseline.image, comparison.optimized.image, comparison.heatmap
+    # Images as they are; a video's frames as one lossless contact sheet each (report["video"] says how many).
+    return (report, *comparison.preview_images())
 
 
 def build_api(ctx: ServerContext) -> ApiPanel:

@@ -21,7 +21,15 @@ from lab.text import escape, model_note, settings_summary
 from optim import config as C
 from optim.config import RunSpec
 from optim.errors import ConfigError, OptimError
-from optim.models import EMBEDDED_MODEL, POPULAR_MODELS
+from optim.families import FAMILIES
+from optim.models import (
+    EMBEDDED_MODEL,
+    EMBEDDED_VIDEO_MODEL,
+    EMBEDDED_VIDEO_PATH,
+    POPULAR_MODELS,
+    TINY_NOTE,
+    TINY_PREFIX,
+)
 from optim.synthetic import SYNTHETIC_MODELS
 
 EXAMPLE_PROMPTS = [
@@ -147,8 +155,10 @@ def make_field_controls(ctx: ServerContext, defaults: dict[str, Any], prefix: st
         controls[key] = gr.Dropdown(["auto", *counts], value=value, label=label, info=info, allow_custom_value=True,
                                     **common)
     elif kind == "int_or_blank":
-        low, high, _ = field_bounds(cls, name)
-        controls[key] = gr.Number(value=value, label=label, info=info, precision=0, minimum=low, maximum=high,
+        # No minimum: an empty box reaches the server as 0 (which means "the default" here); the field's own
+        # bounds are checked when the settings are read.
+        _, high, _ = field_bounds(cls, name)
+        controls[key] = gr.Number(value=value, label=label, info=info, precision=0, maximum=high,
                                   placeholder="default" if prefix == "run" else "never", **common)
     elif kind == "range":
         with gr.Row(equal_height=True):
@@ -185,7 +195,12 @@ def check_control_bounds(ctx: ServerContext, values: dict[str, Any]) -> None:
 
 def model_choices() -> list[tuple[str, str]]:
     choices = [("embedded · tiny FLUX, runs on CPU", EMBEDDED_MODEL)]
+    if (EMBEDDED_VIDEO_PATH / "model_index.json").is_file():
+        choices.append(("embedded-video · tiny CogVideoX trained here (a coloured shape moving), runs on CPU",
+                        EMBEDDED_VIDEO_MODEL))
     choices += [(name, name) for name in POPULAR_MODELS]
+    choices += [(f"{TINY_PREFIX}{key} · tiny {fam.pipeline_class}, {TINY_NOTE}", f"{TINY_PREFIX}{key}")
+                for key, fam in FAMILIES.items()]
     choices += [(f"synthetic:{key} · random weights, GPU only", f"synthetic:{key}") for key in SYNTHETIC_MODELS]
     return choices
 
@@ -233,6 +248,14 @@ def build_settings(ctx: ServerContext, defaults: dict[str, Any]) -> SettingsPane
             with gr.Row():
                 run("width")
                 run("height")
+            with gr.Row():  # video models only; empty: the model's own (a blank box reads back as None)
+                for name in ("num_frames", "fps"):
+                    frame_facts = key_facts(f"run.{name}")
+                    low, high, _ = field_bounds(RunSpec, name)
+                    controls[f"run.{name}"] = gr.Number(
+                        value=defaults.get(f"run.{name}"), label=frame_facts.label, info=frame_facts.help,
+                        precision=0, minimum=low, maximum=high, placeholder="model default (video only)",
+                        elem_id=elem_id(f"run.{name}"))
             run("guidance_scale")
             with gr.Accordion("More run settings", open=False):
                 run("negative_prompt")
@@ -247,6 +270,9 @@ def build_settings(ctx: ServerContext, defaults: dict[str, Any]) -> SettingsPane
                     run("dtype")
                     run("device")
                 run("max_sequence_length")
+                for name in fields.RUN_FIELDS:  # any run setting not placed above
+                    if f"run.{name}" not in controls:
+                        run(name)
 
         with gr.Tab("Attention", id="tab-attention"):
             _section(ctx, defaults, "attention", C.AttentionConfig, list(C.AttentionConfig.model_fields), controls)
@@ -368,6 +394,8 @@ def load_model_defaults(ctx: ServerContext, model: str, values: dict[str, Any]) 
         "run.height": min(defaults.height, ctx.side_max),
         "run.guidance_scale": defaults.guidance_scale,
         "run.max_sequence_length": defaults.max_sequence_length,
+        "run.num_frames": defaults.num_frames,  # None for image models: the box shows "model default"
+        "run.fps": defaults.fps,
     })
     return fill(ctx, out, shipped=gr.skip())
 

@@ -106,7 +106,7 @@ RUN_FIELDS = list(RunSpec.model_fields)
 # Run settings: `None` means "the model's default", but the controls always show the value (the model's default
 # is filled in), so only the max_sequence_length may be left empty.
 RUN_KINDS = {"steps": "int", "width": "int", "height": "int", "max_sequence_length": "int_or_blank",
-             "timed_runs": "runs"}
+             "timed_runs": "runs", "num_frames": "int_or_blank", "fps": "int_or_blank"}
 
 
 def field_keys(prefix: str, cls: type, name: str) -> list[str]:
@@ -326,7 +326,7 @@ def run_from_values(values: dict[str, Any]) -> RunSpec:
             value = (value or "").strip() or EMBEDDED_MODEL
         elif name == "negative_prompt":
             value = value or None  # empty: the model's own default
-        elif name == "max_sequence_length":
+        elif name in ("max_sequence_length", "num_frames", "fps"):
             value = None if value in (None, "", 0) else as_int(value)
         elif name == "guidance_scale":
             value = as_float(value)

@@ -15,6 +15,7 @@ from lab.fields import CONTROL_KEYS
 from lab.results import build_results, wire_results
 from lab.run_panel import build_run_panel, wire_run_panel
 from lab.sharing import build_sharing, default_values, wire_sharing
+from lab.sweep_panel import build_sweep_panel, wire_sweep_api, wire_sweep_panel
 from lab.text import capabilities_markdown, header_html
 
 THEME = gr.themes.Soft(
@@ -75,13 +76,17 @@ def build_demo(ctx: ServerContext) -> gr.Blocks:
         gr.HTML(header_html(ctx))
         with gr.Accordion("What this machine can run (and why not)", open=False):
             gr.Markdown(capabilities_markdown(ctx.capabilities))
-        with gr.Row(equal_height=False):
-            with gr.Column(scale=1, min_width=440):
-                settings = build_settings(ctx, defaults)
-                run_panel = build_run_panel()
-                sharing = build_sharing(ctx, defaults, settings.controls)
-            with gr.Column(scale=1, min_width=480):
-                results = build_results()
+        with gr.Tabs(elem_id="lab-tabs"):
+            with gr.Tab("Compare", id="tab-compare"):
+                with gr.Row(equal_height=False):
+                    with gr.Column(scale=1, min_width=440):
+                        settings = build_settings(ctx, defaults)
+                        run_panel = build_run_panel()
+                        sharing = build_sharing(ctx, defaults, settings.controls)
+                    with gr.Column(scale=1, min_width=480):
+                        results = build_results()
+            with gr.Tab("Sweep & tune", id="tab-sweep"):
+                sweep = build_sweep_panel(ctx)
         api = build_api(ctx)
         missing = set(CONTROL_KEYS) - set(settings.controls)
         if missing:  # a config field without a control is a bug of this package
@@ -91,5 +96,7 @@ def build_demo(ctx: ServerContext) -> gr.Blocks:
         wire_run_panel(ctx, run_panel, settings, results)
         wire_results(results)
         wire_api(ctx, api)
+        wire_sweep_panel(ctx, sweep, settings)
+        wire_sweep_api(ctx)
     demo.queue(max_size=64, default_concurrency_limit=8)
     return demo

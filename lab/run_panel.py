@@ -7,6 +7,7 @@ then the engine (`optim.engine.compare`), or ZeroGPU's GPU function on a ZeroGPU
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -15,7 +16,7 @@ import gradio as gr
 from lab import fields
 from lab.context import ServerContext
 from lab.controls import PRIVATE, SettingsPanel
-from lab.results import ResultsPanel, add_to_history, history_rows, render, save_report_files
+from lab.results import VIEW_COUNT, ResultsPanel, add_to_history, history_rows, render, save_report_files
 from lab.sharing import user_error
 from lab.text import escape, log
 from optim.config import RunSpec
@@ -38,10 +39,21 @@ def session_of(request: Any) -> str:
     return getattr(request, "session_hash", None) or "local"
 
 
+# The page redraws on every progress message; per-step messages (dozens a second on a small model) kept the
+# browser busy enough to slow the measurement it was showing (benchmarks/page_cpu.py). A phase change is always
+# shown; steps within a phase at most this often.
+PROGRESS_INTERVAL_S = 0.5
+
+
 def progress_reporter(progress: Any) -> Callable[[str, int, int], None]:
-    """Engine phases ('baseline: timed run 1/3', done, total) -> the progress bar."""
+    """Engine phases ('baseline: timed run 1/3', done, total) -> the progress bar, throttled."""
+    last = {"phase": None, "at": 0.0}
 
     def report(phase: str, done: int, total: int) -> None:
+        now = time.monotonic()
+        if phase == last["phase"] and now - last["at"] < PROGRESS_INTERVAL_S and done < total:
+            return
+        last["phase"], last["at"] = phase, now
         side, _, what = phase.partition(": ")
         label = f"{PHASE_NAMES.get(side, side)} · {what or side}"
         if what == "loading":
@@ -89,7 +101,7 @@ def run_comparison(ctx: ServerContext, values: dict[str, Any], history: list[dic
         files = save_report_files(ctx, comparison)
     except Cancelled:
         gr.Info("The comparison was cancelled.")
-        return [gr.skip()] * 14
+        return [gr.skip()] * (VIEW_COUNT + 2)  # every view, the history and its table
     except OptimError as error:
         raise user_error(error) from None
     except gr.Error:
@@ -121,5 +133,6 @@ def wire_run_panel(ctx: ServerContext, panel: RunPanel, settings: SettingsPanel,
     run_event = panel.run_button.click(
         on_run, {*settings.control_list, results.history},
         results.views + [results.history, results.history_table],
-        show_progress_on=[results.headline, results.slider], scroll_to_output=False, **GPU_QUEUE, **PRIVATE)
+        show_progress="minimal", show_progress_on=[results.headline], scroll_to_output=False, **GPU_QUEUE,
+        **PRIVATE)
     panel.cancel_button.click(on_cancel, None, None, cancels=[run_event], **PRIVATE)

@@ -30,7 +30,7 @@ def main() -> None:
     demo = build_demo(ctx)
     # A stop request (SIGTERM: a Space restarting, `docker stop`, a test) exits like Ctrl-C does, so the cleanup
     # below runs: this server's report folder, the worker processes.
-    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
+    signal.signal(signal.SIGTERM, lambda _signum, _frame: sys.exit(0))
     try:
         # server_port=None: Gradio reads GRADIO_SERVER_PORT, else 7860.
         demo.launch(server_name=os.environ.get("GRADIO_SERVER_NAME", "0.0.0.0"), **LAUNCH_KWARGS)

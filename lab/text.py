@@ -17,8 +17,9 @@ from optim.capabilities import SECTION_TITLES, Capabilities
 from optim.config import OptimConfig, minimal_dict
 from optim.engine import prepare
 from optim.errors import OptimError
+from optim.families import FAMILIES, TECHNIQUE_LABELS, TECHNIQUES, technique_support
 from optim.limits import check_run
-from optim.models import POPULAR_MODELS
+from optim.models import EMBEDDED_VIDEO_MODEL, POPULAR_MODELS, TINY_NOTE, TINY_PREFIX
 from optim.report import fmt_mb, fmt_s, runs_text, summary_rows
 from optim.report_model import Report
 from optim.synthetic import SYNTHETIC_MODELS
@@ -71,9 +72,11 @@ def settings_summary(ctx: ServerContext, values: dict[str, Any]) -> str:
         if ref.kind != "hub":  # Hub models would need a download to check: that happens at run time
             _, resolved = prepare(run, preset.optim, allow_local=ctx.limits.allow_local_models,
                                   local_roots=ctx.limits.local_model_roots)
+            frames = f" × {resolved.num_frames} frames" if resolved.num_frames else ""
             lines.append(
                 f"<br>Each side: {resolved.warmup_runs} warm-up + {resolved.timed_runs} timed runs of "
-                f"{resolved.steps} steps at {resolved.width}×{resolved.height}, {resolved.dtype} on {resolved.device}."
+                f"{resolved.steps} steps at {resolved.width}×{resolved.height}{frames}, {resolved.dtype} on "
+                f"{resolved.device}."
             )
     except OptimError as error:
         problem = str(error)
@@ -93,6 +96,18 @@ def model_note(ctx: ServerContext, model: str) -> str:
         ref = ctx.resolve(model or "embedded")
     except OptimError as error:
         return f"<span class='bad'>{escape(str(error))}</span>"
+    if ref.kind == "embedded" and ref.name == EMBEDDED_VIDEO_MODEL:
+        return ("<b>The embedded video model</b>: a tiny CogVideoX trained here (embedded/video_train.py) that draws "
+                "a coloured shape moving: “a COLOUR SHAPE moving left on a COLOUR background” (or moving right, up, "
+                "down, growing, shrinking, staying still), a short clip in about a second on a CPU. Video caches (PAB, "
+                "FasterCache) show real behaviour on it.")
+    if ref.kind == "tiny":
+        key = ref.name[len(TINY_PREFIX):]
+        fam = FAMILIES[key]
+        kind = "videos" if fam.video else "images"
+        return (f"<b>Tiny {escape(fam.pipeline_class)}, {escape(TINY_NOTE)}.</b> Every part of the real {key} "
+                f"pipeline, a few hundred thousand random weights, built here in seconds: its {kind} are noise, "
+                "but loading, every optimization, timing, work counting and the reports run the real code path.")
     if ref.kind == "embedded":
         return ("A tiny FLUX-architecture model built into the app (a CPU draws an image in well under a second). "
                 "It draws “a COLOUR SHAPE on a COLOUR background”: red, green, blue, yellow, white, black; circle, "
@@ -100,11 +115,16 @@ def model_note(ctx: ServerContext, model: str) -> str:
     if ref.kind == "synthetic":
         spec = SYNTHETIC_MODELS[ref.location]
         gpu = "" if ctx.cuda else " <b>This machine has no GPU: it will be refused here.</b>"
+        made = "videos" if spec.video else "images"
         return (f"<b class='bad'>Synthetic model, only meaningful on a GPU</b>: {escape(spec.description)}. "
-                f"No download; images are noise, but latency and memory are those of the real model.{gpu}")
+                f"No download; {made} are noise, but latency and memory are those of the real model.{gpu}")
     if ref.kind == "local":
         return f"Local diffusers folder <code>{escape(ref.location)}</code>."
-    known = "recommended settings filled in" if ref.location in POPULAR_MODELS else "generic defaults filled in"
+    popular = POPULAR_MODELS.get(ref.location)
+    known = "recommended settings filled in" if popular else "generic defaults filled in"
+    if popular is not None and popular.num_frames:
+        known += (f": a video model, {popular.num_frames} frames at {popular.width}×{popular.height}, "
+                  f"{popular.fps} fps")
     return (f"Hugging Face Hub model ({known}). Downloaded on first use: several GB for large models; gated ones "
             "need HF_TOKEN and an accepted licence.")
 
@@ -182,12 +202,17 @@ def headline_html(report: Report) -> str:
     psnr = q.psnr_db
     quality_value = "identical" if psnr is None else f"{psnr:.1f} dB"
     quality_tone = "good" if psnr is None or psnr >= 40 else "bad" if psnr < 25 else ""
+    quality_sub = f"SSIM {q.ssim:.4f} · max diff {q.max_abs_diff}/255"
+    if q.video is not None:
+        worst = "identical" if q.video.psnr_db_worst is None else f"{q.video.psnr_db_worst:.1f} dB"
+        quality_sub = (f"all {q.video.frames} frames · worst frame {worst} (#{q.video.worst_frame}) · SSIM mean "
+                       f"{q.video.ssim_mean:.4f}")
     skipped = max(0.0, 1 - o.work_fraction)
     run, env = report.run, report.environment
     badges = [
         f"preset <b>{escape(report.preset.name)}</b>",
         f"{escape(run['model'])}",
-        f"{plural(run['steps'], 'step')} · {run['width']}×{run['height']} · seed {run['seed']}",
+        f"{plural(run['steps'], 'step')} · {run['width']}×{run['height']}{frames_badge(report)} · seed {run['seed']}",
         f"{escape(str(env.get('device_name') or env['device']))}",
         f"{plural(timing.runs_per_side, 'timed run')} per side, "
         + ("in turns" if timing.mode == "interleaved" else "sequential"),
@@ -204,12 +229,18 @@ def headline_html(report: Report) -> str:
         + _tile("Speedup", f"{speedup:.2f}×", f"{latency}<br>{sure}", tone)
         + _tile("Peak memory", ("±" if abs(saving) < 0.05 else "−" if saving > 0 else "+") + fmt_mb(abs(saving)),
                 mem_share, mem_tone)
-        + _tile("Quality (PSNR)", quality_value, f"SSIM {q.ssim:.4f} · max diff {q.max_abs_diff}/255",
-                quality_tone)
+        + _tile("Quality (PSNR)", quality_value, quality_sub, quality_tone)
         + _tile("Work skipped", f"{skipped:.0%}", "of the transformer's work", "good" if skipped > 0.01 else "")
         + "</div><div class='lab-badges'>" + "".join(f"<span>{x}</span>" for x in badges) + "</div>"
         + "".join(f"<div class='lab-note warn'>{note}</div>" for note in notes)
     )
+
+
+def frames_badge(report: Report) -> str:
+    """' × 9 frames @ 8 fps' for a video, '' for an image."""
+    if report.video is None:
+        return ""
+    return f" × {report.video.frames} frames @ {report.video.fps:g} fps"
 
 
 def details_markdown(report: Report) -> str:
@@ -220,7 +251,8 @@ def details_markdown(report: Report) -> str:
     lines = [
         "### Run",
         f"Model `{run['model']}` · “{run['prompt']}” · seed {run['seed']} · {plural(run['steps'], 'step')} · "
-        f"{run['width']}×{run['height']} · guidance {run['guidance_scale']} · {run['dtype']} on {env['device']} "
+        f"{run['width']}×{run['height']}{frames_badge(report)} · guidance {run['guidance_scale']} · {run['dtype']} "
+        f"on {env['device']} "
         f"({env.get('device_name')}) · {plural(run['warmup_runs'], 'warm-up run')} per side · {isolation} · "
         f"torch {env.get('torch')}, diffusers {env.get('diffusers')}",
         "",
@@ -251,7 +283,12 @@ def details_markdown(report: Report) -> str:
 def heatmap_caption(report: Report) -> str:
     scale = report.quality.heatmap_scale
     if report.quality.max_abs_diff == 0:
-        return "**Bit-identical**: no pixel differs."
+        return "**Bit-identical**: no pixel differs." + (" (in any frame)" if report.video is not None else "")
+    if report.quality.video is not None:
+        video = report.quality.video
+        return (f"Frame {video.worst_frame} of {video.frames} (the one that differs most; every frame is in the "
+                f"**Video** tab). Black = identical, **white = {plural(scale, 'level')} of 255** (one scale for all "
+                f"frames). Mean difference {report.quality.mean_abs_diff:.3f} over all frames.")
     return (f"Largest per-pixel channel difference, black = identical, **white = {plural(scale, 'level')} of "
             f"255**. Mean difference {report.quality.mean_abs_diff:.3f}.")
 
@@ -283,6 +320,57 @@ def header_html(ctx: ServerContext) -> str:
     )
 
 
+def video_caption(report: Report, frame: int) -> str:
+    """Under the frame slider: that frame's figures and the clip's temporal ones."""
+    video = report.quality.video
+    if video is None:
+        return ""
+    frame = max(0, min(int(frame), video.frames - 1))
+    psnr = video.psnr_db_per_frame[frame]
+    text = (f"**Frame {frame}** of {video.frames}: PSNR {'identical' if psnr is None else f'{psnr:.2f} dB'}, "
+            f"SSIM {video.ssim_per_frame[frame]:.4f}, max diff {video.max_abs_diff_per_frame[frame]}/255.")
+    if frame < len(video.temporal_diff_per_transition):
+        text += (f" Change to frame {frame + 1}: baseline {video.motion_baseline_per_transition[frame]:.2f}, "
+                 f"optimized {video.motion_optimized_per_transition[frame]:.2f} levels; they differ by "
+                 f"{video.temporal_diff_per_transition[frame]:.2f} (temporal difference).")
+    return text
+
+
+def video_summary(report: Report) -> str:
+    """Above the players: the clip and its per-frame and temporal figures in one paragraph."""
+    info, video = report.video, report.quality.video
+    if info is None or video is None:
+        return "Video models only: run a comparison on a video model (tiny:cogvideox, tiny:wan, embedded-video ...)."
+    mean = "identical" if video.psnr_db_mean is None else f"{video.psnr_db_mean:.1f} dB"
+    worst = "identical" if video.psnr_db_worst is None else f"{video.psnr_db_worst:.1f} dB (frame {video.worst_frame})"
+    temporal = "-" if video.temporal_diff_mean is None else f"{video.temporal_diff_mean:.3f}"
+    return (f"{info.frames} frames, {info.width}×{info.height}, {info.fps:g} fps ({info.duration_s:.2f} s). The two "
+            f"players play in sync (play, pause or seek either). PSNR per frame: mean {mean}, worst {worst}; SSIM "
+            f"mean {video.ssim_mean:.4f}, worst {video.ssim_worst:.4f}. Temporal difference (how much the optimized "
+            f"side's frame-to-frame change differs from the baseline's, levels of 255): mean {temporal}.")
+
+
+def families_markdown() -> str:
+    """Which technique works on which pipeline family, and why not (`optim.families.technique_support`)."""
+    keys = list(FAMILIES)
+    rows = ["| technique | " + " | ".join(f"`{k}`" for k in keys) + " |", "|---|" + "---|" * len(keys)]
+    notes = []
+    for technique in TECHNIQUES:
+        cells = []
+        for key in keys:
+            support = technique_support(key)[technique]
+            if support.supported:
+                cells.append("✅")
+            else:
+                notes.append(f"- **{TECHNIQUE_LABELS[technique]}** on `{key}`: "
+                             + escape(support.reason).replace("|", "/"))
+                cells.append(f"— ({len(notes)})")
+        rows.append(f"| {TECHNIQUE_LABELS[technique]} | " + " | ".join(cells) + " |")
+    return ("**Pipeline families** (FLUX, Qwen-Image, SD3, CogVideoX, Wan: what each technique does on them; "
+            "refused before loading where it cannot work)\n\n" + "\n".join(rows)
+            + "\n\n" + "\n".join(f"{i + 1}. {line[2:]}" for i, line in enumerate(notes)))
+
+
 def capabilities_markdown(caps: Capabilities) -> str:
     parts = []
     for path, options in caps.options.items():
@@ -292,4 +380,5 @@ def capabilities_markdown(caps: Capabilities) -> str:
             reason = (option.reason or option.note or "").replace("|", "/")
             rows.append(f"| `{option.value}` | {mark} | {reason} |")
         parts.append(f"**{SECTION_TITLES.get(path, path)}** (`{path}`)\n\n" + "\n".join(rows))
+    parts.append(families_markdown())
     return "\n\n".join(parts)

@@ -39,7 +39,8 @@ def estimate_gpu_seconds(ctx: ServerContext, run: RunSpec, preset: Preset) -> in
     except OptimError:
         defaults = ModelDefaults()
     steps = run.steps or defaults.steps
-    megapixels = (run.width or defaults.width) * (run.height or defaults.height) / 1024**2
+    frames = run.num_frames or defaults.num_frames or 1  # a video's transformer work grows with its frames
+    megapixels = (run.width or defaults.width) * (run.height or defaults.height) * frames / 1024**2
     timed = run.timed_runs if isinstance(run.timed_runs, int) else 6  # auto runs block-wise, 6 per side, there
     calls_per_side = run.warmup_runs + timed + (1 if isinstance(preset.optim.cache, C.MagCache) else 0)
     seconds_per_step = 0.4 * max(megapixels, 0.25)  # FLUX.1-dev bf16 on an H200: ~0.3 s per 1024² step

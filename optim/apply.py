@@ -30,7 +30,8 @@ def apply_before_probe(
     if not isinstance(optim.quantization, C.NoQuantization):
         applied.add(f"quantization: {describe_quantization(optim.quantization)} (at load)")
     apply_attention(pipe, optim.attention, applied)
-    batched_cfg = guidance_style(pipe) == "cfg"
+    # Both guidance branches batched in one call, which only happens at guidance > 1 (do_classifier_free_guidance).
+    batched_cfg = guidance_style(pipe) == "cfg" and run.guidance_scale > 1.0
     apply_cache(pipe, optim.cache, applied, steps=run.steps, batched_cfg=batched_cfg, mag_ratios=mag_ratios)
     apply_offload(pipe, optim.offload, applied, device=run.device, quantization=optim.quantization.backend)
     apply_vae(pipe, optim.vae, applied, width=run.width, height=run.height)

@@ -90,10 +90,31 @@ class Option:
 
 @dataclass(frozen=True)
 class Capabilities:
-    """Every choice of every setting, as this machine can run it."""
+    """Every choice of every setting, as this machine can run it; and, per pipeline family, which techniques work
+    on it at all (`families`: the same on every machine, from `optim.families.technique_support`)."""
 
     device: DeviceInfo
     options: dict[str, tuple[Option, ...]] = field(default_factory=dict)
+    families: dict[str, tuple[Option, ...]] = field(default_factory=dict)
+
+    def family_reason(self, family: str, technique: str) -> str | None:
+        """Why `technique` (e.g. "cache.faster_cache", "compile.regional") cannot work on pipeline family `family`
+        (None: it can)."""
+        option = next((o for o in self.families.get(family, ()) if o.value == technique), None)
+        return option.reason if option is not None else None
+
+    def families_json(self) -> dict[str, Any]:
+        return {key: [asdict(o) for o in options] for key, options in self.families.items()}
+
+    def families_text(self) -> str:
+        """The families section of `python -m optim capabilities`: per family, each technique, and why not."""
+        lines = ["Pipeline families (which techniques work on each, whatever the machine):"]
+        for key, options in self.families.items():
+            lines.append(f"\n{key}:")
+            for option in options:
+                mark = "yes" if option.available else "no "
+                lines.append(f"  {mark}  {option.value}  ({option.reason or option.note})")
+        return "\n".join(lines)
 
     def option(self, path: str, value: Any) -> Option | None:
         return next((o for o in self.options.get(path, ()) if o.value == value), None)
@@ -368,11 +389,23 @@ def offload_modes(info: DeviceInfo) -> tuple[Option, ...]:
                         label=o.label) for o in _generic("offload.mode", C.OffloadConfig, "mode", info))
 
 
+def family_support() -> dict[str, tuple[Option, ...]]:
+    """Per pipeline family (`optim.families`), every technique: supported (the note says how) or not (why not)."""
+    from optim.families import FAMILIES, TECHNIQUE_LABELS, technique_support
+
+    return {
+        key: tuple(Option(technique, support.supported, None if support.supported else support.reason,
+                          note=support.reason if support.supported else None, label=TECHNIQUE_LABELS[technique])
+                   for technique, support in technique_support(key).items())
+        for key in FAMILIES
+    }
+
+
 @lru_cache(maxsize=1)
 def detect() -> Capabilities:
     """Everything (cached: the answer does not change while the process runs)."""
     info = device_info()
-    return Capabilities(device=info, options={
+    return Capabilities(device=info, families=family_support(), options={
         "attention.backend": attention_backends(info),
         "cache.method": cache_methods(info),
         "quantization.backend": quantization_backends(info),

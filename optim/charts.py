@@ -131,11 +131,12 @@ def frames_chart(report: Report) -> Figure:
     top.set_ylabel("PSNR vs baseline (dB)")
     ssim_axes = top.twinx()
     ssim_axes.plot(frames, video.ssim_per_frame, color=SKIPPED_COLOUR, linewidth=1, alpha=0.8, label="SSIM")
-    ssim_axes.set_ylim(min(0.0, min(video.ssim_per_frame)), 1.02)
+    low = min(video.ssim_per_frame)
+    ssim_axes.set_ylim(max(-1.0, low - max(0.02, (1.0 - low) * 0.5)), 1.005)
     ssim_axes.set_ylabel("SSIM")
     handles = top.get_legend_handles_labels()
     more = ssim_axes.get_legend_handles_labels()
-    top.legend(handles[0] + more[0], handles[1] + more[1], loc="lower left", fontsize=7, ncols=2)
+    top.legend(handles[0] + more[0], handles[1] + more[1], loc="best", fontsize=7, ncols=2)
     mean = "identical" if video.psnr_db_mean is None else f"mean {video.psnr_db_mean:.1f} dB"
     worst = "" if video.psnr_db_worst is None else f", worst {video.psnr_db_worst:.1f} dB"
     top.set_title(f"Quality per frame ({mean}{worst}; SSIM mean {video.ssim_mean:.3f})", fontsize=10)

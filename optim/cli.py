@@ -46,6 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--height", type=int)
     compare.add_argument("--guidance", type=float, dest="guidance_scale")
     compare.add_argument("--max-sequence-length", type=int)
+    compare.add_argument("--num-frames", type=int, help="video models: frames per clip (default: the model's)")
+    compare.add_argument("--fps", type=int, help="video models: frame rate of the written MP4 (default: the model's)")
     compare.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"])
     compare.add_argument("--device", choices=["auto", "cpu", "cuda"])
     compare.add_argument("--warmup", type=int, dest="warmup_runs", help="warm-up runs per side (>= 1)")
@@ -86,6 +88,12 @@ def build_parser() -> argparse.ArgumentParser:
         command.add_argument("--resume", action="store_true", help="keep the points already in OUT/rows.jsonl")
         command.add_argument("--out", required=True, type=Path, help="directory for the rows, tables, chart, presets")
         command.add_argument("--quiet", action="store_true")
+        command.add_argument("--ray", nargs="?", const="auto", default=None, metavar="auto|ADDRESS",
+                             help="evaluate on a Ray cluster: 'auto' (the default when given alone: RAY_ADDRESS, "
+                                  "this machine's `ray start` cluster, or a new local one) or a head's address; "
+                                  "needs the scale extra (docs/ray.md)")
+        command.add_argument("--ray-workers", type=int, default=None, metavar="N",
+                             help="with --ray: worker actors (default: one per GPU, or one per node on CPUs)")
         if name == "sweep":
             command.add_argument("--quality", default="ssim_worst",
                                  help="the quality axis of the front: psnr_mean, psnr_worst, ssim_mean, ssim_worst, "
@@ -113,8 +121,8 @@ def run_settings(args: argparse.Namespace) -> dict[str, Any]:
     """Only the run settings given on the command line; the rest stay at their defaults."""
     names = [
         "model", "prompt", "negative_prompt", "seed", "steps", "width", "height", "guidance_scale",
-        "max_sequence_length", "dtype", "device", "warmup_runs", "timed_runs", "target_precision", "time_budget_s",
-        "timing",
+        "max_sequence_length", "num_frames", "fps", "dtype", "device", "warmup_runs", "timed_runs",
+        "target_precision", "time_budget_s", "timing",
     ]
     return {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
 
@@ -184,6 +192,10 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     if args.quality not in QUALITY_METRICS:
         raise ConfigError(f"--quality {args.quality!r}: use one of {', '.join(QUALITY_METRICS)}")
     space, run, prompts, seeds = _sweep_inputs(args)
+    if args.ray is not None:
+        from optim.distributed import sweep_command
+
+        return sweep_command(args, space, run, prompts, seeds)
     result = run_sweep(space, prompts, args.out, run_spec=run, seeds=seeds, resume=args.resume,
                        quality=args.quality, progress=_progress(args.quiet),
                        point_budget_s=args.point_budget_s or POINT_BUDGET_S)
@@ -211,6 +223,10 @@ def cmd_tune(args: argparse.Namespace) -> int:
     floors = [parse_floor(text) for text in args.floor]
     budget = parse_budget(args.budget)
     space, run, prompts, seeds = _sweep_inputs(args)
+    if args.ray is not None:
+        from optim.distributed import tune_command
+
+        return tune_command(args, space, run, prompts, seeds, floors, budget)
     result = tune(space, prompts, floors, args.out, budget_s=budget, run_spec=run, seeds=seeds, resume=args.resume,
                   progress=_progress(args.quiet), point_budget_s=args.point_budget_s or 10.0)
     print(f"{result.strategy}: {result.evaluations} evaluations in {result.elapsed_s:.0f} s over "
@@ -258,6 +274,8 @@ def cmd_capabilities(args: argparse.Namespace) -> int:
             mark = "yes" if option.available else "no "
             why = option.reason or option.note
             print(f"  {mark}  {option.value}{f'  ({why})' if why else ''}")
+    print()
+    print(caps.families_text())
     return 0
 
 

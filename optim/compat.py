@@ -3,7 +3,9 @@ together on this model? A problem raises `UnavailableError` or `IncompatibleErro
 what to change, so a run never dies halfway through with a traceback.
 
 The combination rules come from running every pair of CPU-capable techniques on the embedded model
-(tests/test_pairs.py) and from diffusers' documentation for the GPU-only ones.
+(tests/test_pairs.py) and from diffusers' documentation for the GPU-only ones. The rules per pipeline family
+(which caches, attention backends and regional compile work on FLUX, Qwen-Image, SD3, CogVideoX, Wan, and why)
+come from `optim.families` (`technique_support`), checked on the tiny builds by tests/test_family_matrix.py.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from optim import config as C
+from optim import families
 from optim.capabilities import detect
 from optim.errors import IncompatibleError, ModelError, UnavailableError
 from optim.generation import guidance_style_of
@@ -72,14 +75,25 @@ def describe_model(ref: ModelRef) -> ModelInfo:
         )
     transformer_config = read_component_config(ref, "transformer") or {}
     embeds = bool(transformer_config.get("guidance_embeds", False))
+    pipeline_class = getattr(diffusers, index["_class_name"])
+    family = families.family_of_pipeline(index["_class_name"])
+    video = family.video if family is not None else _takes_frames(pipeline_class)
     return ModelInfo(
         pipeline=index["_class_name"],
         transformer=transformer[1],
-        guidance=guidance_style_of(getattr(diffusers, index["_class_name"]), embeds),
+        guidance=guidance_style_of(pipeline_class, embeds),
         components=quantizable_components(index),
         guidance_embeds=embeds,
         attention_head_dim=transformer_config.get("attention_head_dim"),
+        family=family.key if family is not None else None,
+        video=video,
     )
+
+
+def _takes_frames(pipeline_class: Any) -> bool:
+    import inspect
+
+    return "num_frames" in inspect.signature(pipeline_class.__call__).parameters
 
 
 def check(optim: C.OptimConfig, run: ResolvedRun, model: ModelInfo) -> None:
@@ -110,6 +124,9 @@ def check(optim: C.OptimConfig, run: ResolvedRun, model: ModelInfo) -> None:
         reason = caps.reason("compile.mode", optim.compile.mode)
         if reason:
             raise UnavailableError(f"compile mode {optim.compile.mode!r} is not available here: {reason}")
+
+    # --- what works on this pipeline family
+    _check_family(optim, run, model)
 
     # --- combinations
     if optim.offload.mode == "sequential_cpu" and optim.compile.mode != "off":
@@ -155,6 +172,72 @@ def check(optim: C.OptimConfig, run: ResolvedRun, model: ModelInfo) -> None:
                 f"classifier-free guidance; {model.pipeline} has none to approximate ("
                 + ("guidance-distilled" if model.guidance == "distilled" else "its guidance branches run as separate calls")
                 + "). Leave is_guidance_distilled unset so only FasterCache's attention reuse applies"
+            )
+
+
+def _check_family(optim: C.OptimConfig, run: ResolvedRun, model: ModelInfo) -> None:
+    """Refuse what cannot work on the model's pipeline family (`optim.families.technique_support`), with why and
+    what to change. Pipelines of no known family get only the generic rules."""
+    if model.family is None:
+        return
+    fam = families.family(model.family)
+    support = families.technique_support(model.family)
+    name = f"{model.pipeline} ({fam.transformer_class})"
+    backend = optim.attention.backend
+    if backend != "native" and not support["attention.backend"].supported:
+        raise IncompatibleError(
+            f"attention backend {backend!r} would do nothing on {name}: {support['attention.backend'].reason}. "
+            "Leave the attention backend at 'native' for this model"
+        )
+    method = optim.cache.method
+    if method != "none":
+        cache = support[f"cache.{method}"]
+        one_call = families.one_call_per_step(model.guidance, run.guidance_scale)
+        # PAB's and FasterCache's per-module state mixes the two guidance branches only when there are two calls
+        # a step; at guidance <= 1 the pipeline makes one call, which they handle correctly.
+        mixes_branches = (method in ("pyramid_attention_broadcast", "faster_cache")
+                          and fam.guidance is families.Guidance.SEPARATE_CFG)
+        if not cache.supported and not (mixes_branches and one_call):
+            fix = (f" (it is fine at guidance <= 1, where {model.pipeline} makes one call a step)"
+                   if mixes_branches else "")
+            others = [m.value for m in families.CacheMethod if support[f"cache.{m.value}"].supported]
+            instead = f"; use {' or '.join(others)}" if others else "; this family supports no diffusers cache"
+            raise IncompatibleError(f"cache {method!r} cannot work on {name}: {cache.reason}{fix}{instead}")
+        _check_cache_on_family(optim.cache, run, model, fam)
+    if optim.compile.mode == "regional" and not support["compile.regional"].supported:
+        raise IncompatibleError(f"compile mode 'regional' cannot work on {name}: "
+                                f"{support['compile.regional'].reason}")
+
+
+def _check_cache_on_family(cache: Any, run: ResolvedRun, model: ModelInfo, fam: families.Family) -> None:
+    """A supported cache's settings that would silently do nothing, or fail, on this family."""
+    if isinstance(cache, C.TaylorSeer) and families.CACHE_SUPPORT[fam.key]["taylorseer"].needs.get("use_lite_mode"):
+        if not cache.use_lite_mode:
+            raise IncompatibleError(
+                f"TaylorSeer's default layer patterns match nothing in {fam.transformer_class} (its attention "
+                "modules are named attn1/attn2, the patterns need names ending in 'attn'), so the cache would "
+                "silently skip nothing; set taylorseer use_lite_mode to true (caches proj_out and whole blocks)"
+            )
+    if isinstance(cache, C.MagCache) and cache.mag_ratios == "flux" and fam.key != "flux":
+        raise IncompatibleError(
+            f"MagCache ratios 'flux' are FLUX.1-dev's; {model.pipeline} is a {fam.key} model. Use mag_ratios "
+            "'calibrate' (measured on this model in an untimed run first) or give this model's ratios"
+        )
+    if isinstance(cache, C.FasterCache):
+        expected = fam.faster_cache_tensor_format
+        default = C.FasterCache.model_fields["tensor_format"].default
+        if fam.video and cache.tensor_format not in (default, expected):
+            raise IncompatibleError(
+                f"FasterCache tensor_format {cache.tensor_format!r} is not the layout of {fam.transformer_class}'s "
+                f"hidden states ({expected}); set tensor_format to {expected!r} or leave the default (it is set from "
+                "the model)"
+            )
+        if (model.guidance == "cfg" and cache.is_guidance_distilled is False
+                and families.one_call_per_step(model.guidance, run.guidance_scale)):
+            raise IncompatibleError(
+                f"FasterCache approximates the unconditional branch of {model.pipeline}'s batched guidance, but at "
+                f"guidance {run.guidance_scale:g} (<= 1) the pipeline runs no unconditional branch (a batch of one); "
+                "set faster_cache is_guidance_distilled to true, or guidance above 1"
             )
 
 

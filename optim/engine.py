@@ -214,7 +214,34 @@ class Comparison:
             "memory_saving_mb": self.baseline.peak_memory_mb - self.optimized.peak_memory_mb,
             "quality": {**self.quality, "heatmap_scale": self.heatmap_scale},
             "elapsed_s": self.elapsed_s,
+            **({"video": self.video_info()} if self.is_video else {}),
         }
+
+    @property
+    def is_video(self) -> bool:
+        """The sides made videos (frames F x H x W x 3), not images."""
+        return self.baseline.image.ndim == 4
+
+    @property
+    def fps(self) -> float:
+        """The frame rate the videos are written at: the run's, else the model's, else `optim.video.DEFAULT_FPS`."""
+        from optim.video import DEFAULT_FPS
+
+        return float(getattr(self.run, "fps", None) or DEFAULT_FPS)
+
+    def video_info(self) -> dict[str, Any]:
+        frames, height, width = self.baseline.image.shape[:3]
+        return {"frames": int(frames), "fps": self.fps, "width": int(width), "height": int(height),
+                "duration_s": frames / self.fps}
+
+    def preview_images(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(baseline, optimized, heatmap) as single images: the images themselves, or for videos every frame in a
+        lossless contact sheet (`optim.video.frame_sheet`), for outputs that show one picture."""
+        if not self.is_video:
+            return self.baseline.image, self.optimized.image, self.heatmap
+        from optim.video import frame_sheet
+
+        return frame_sheet(self.baseline.image), frame_sheet(self.optimized.image), frame_sheet(self.heatmap)
 
     @classmethod
     def from_sides(cls, run: ResolvedRun, preset: Preset, baseline: SideResult, optimized: SideResult, *,
@@ -227,6 +254,12 @@ class Comparison:
                          timed_s=sum(baseline.latency_s) + sum(optimized.latency_s))
             timing = _summary("sequential", "the two sides were measured separately", "one side, then the other",
                               run, runs, "measured separately", None)
+        if baseline.image.shape != optimized.image.shape:
+            from optim.errors import RunError
+
+            raise RunError(f"the two sides made outputs of different shapes ({baseline.image.shape} and "
+                              f"{optimized.image.shape}): they cannot be compared")
+        # Images (H, W, 3) or videos (F, H, W, 3): videos are compared frame by frame (`optim.metrics`).
         quality = image_quality(baseline.image, optimized.image)
         heatmap, scale = diff_heatmap(baseline.image, optimized.image)
         fraction, per_step = work_fractions(optimized.step_work, baseline.step_work)
@@ -369,11 +402,11 @@ def _interleave(baseline: SideHandle, optimized: SideHandle, run: ResolvedRun, r
             if pair >= most:
                 return f"the {most} run{'s' if most != 1 else ''} per side asked for"
             continue
-        if pair >= MIN_AUTO_PAIRS:
-            interval = paired_ratio_interval([t.latency_s for t in runs.baseline],
-                                             [t.latency_s for t in runs.optimized])
-            if interval.half_width is not None and interval.half_width <= run.target_precision:
-                return f"target precision reached (±{interval.half_width:.1%} <= ±{run.target_precision:.0%})"
+        if pair < MIN_AUTO_PAIRS:
+            continue  # an interval needs a few pairs, whatever the budget
+        interval = paired_ratio_interval([t.latency_s for t in runs.baseline], [t.latency_s for t in runs.optimized])
+        if interval.half_width is not None and interval.half_width <= run.target_precision:
+            return f"target precision reached (±{interval.half_width:.1%} <= ±{run.target_precision:.0%})"
         if runs.timed_s >= run.time_budget_s:
             return f"time budget spent ({runs.timed_s:.1f} s of timed runs >= {run.time_budget_s:g} s)"
         if pair >= most:

@@ -37,7 +37,64 @@ from enum import Enum
 from pathlib import Path
 from typing import Any, Callable
 
-from optim.synthetic import CLIP_L, FLUX_TRANSFORMER, FLUX_VAE, T5_XXL
+# ------------------------------------------------------------------------------------------------ published configs
+
+# FLUX.1-dev's published configs (black-forest-labs/FLUX.1-dev: transformer/, vae/, text_encoder/, text_encoder_2/),
+# shared with `optim.synthetic` (which imports them from here, so that this module imports nothing of the project).
+FLUX_TRANSFORMER = dict(
+    patch_size=1,
+    in_channels=64,
+    num_layers=19,
+    num_single_layers=38,
+    attention_head_dim=128,
+    num_attention_heads=24,
+    joint_attention_dim=4096,
+    pooled_projection_dim=768,
+    guidance_embeds=True,
+    axes_dims_rope=(16, 56, 56),
+)
+FLUX_VAE = dict(
+    in_channels=3,
+    out_channels=3,
+    down_block_types=("DownEncoderBlock2D",) * 4,
+    up_block_types=("UpDecoderBlock2D",) * 4,
+    block_out_channels=(128, 256, 512, 512),
+    layers_per_block=2,
+    act_fn="silu",
+    latent_channels=16,
+    norm_num_groups=32,
+    sample_size=1024,
+    scaling_factor=0.3611,
+    shift_factor=0.1159,
+    use_quant_conv=False,
+    use_post_quant_conv=False,
+    mid_block_add_attention=True,
+)
+CLIP_L = dict(
+    vocab_size=49408,
+    hidden_size=768,
+    intermediate_size=3072,
+    projection_dim=768,
+    num_hidden_layers=12,
+    num_attention_heads=12,
+    max_position_embeddings=77,
+    hidden_act="quick_gelu",
+)
+T5_XXL = dict(
+    vocab_size=32128,
+    d_model=4096,
+    d_kv=64,
+    d_ff=10240,
+    num_layers=24,
+    num_decoder_layers=0,
+    num_heads=64,
+    relative_attention_num_buckets=32,
+    relative_attention_max_distance=128,
+    feed_forward_proj="gated-gelu",
+    is_encoder_decoder=False,
+    use_cache=False,
+    dropout_rate=0.0,
+)
 
 # ------------------------------------------------------------------------------------------------ descriptors
 
@@ -122,6 +179,11 @@ class Family:
     faster_cache_tensor_format: str  # layout of the transformer's output, for FasterCacheConfig.tensor_format
     tiny: RunSettings  # recommended settings for the tiny build (written to lab_defaults.json)
     full_size: tuple[str, ...]  # FULL_SIZE_MODELS names, the first the family's reference model
+    # The transformer's attention processors call diffusers' dispatcher (`dispatch_attention_fn`), so
+    # `set_attention_backend` changes the kernel; False: they call torch's scaled_dot_product_attention directly
+    # and a backend set on them silently does nothing (checked by tests/test_family_matrix.py).
+    attention_dispatcher: bool = True
+    default_fps: int | None = None  # video: the frame rate the family's reference model is exported at
 
     @property
     def cache_support(self) -> dict[str, CacheSupport]:
@@ -199,6 +261,7 @@ FAMILIES: dict[str, Family] = {
         faster_cache_tensor_format="BCHW",
         tiny=RunSettings(_TINY_PROMPT, _TINY_NEGATIVE, 4, 64, 64, 4.5, 32),
         full_size=("sd3.5-medium",),
+        attention_dispatcher=False,  # JointAttnProcessor2_0 calls F.scaled_dot_product_attention directly
     ),
     "cogvideox": Family(
         key="cogvideox",
@@ -225,6 +288,8 @@ FAMILIES: dict[str, Family] = {
         faster_cache_tensor_format="BFCHW",
         tiny=RunSettings(_TINY_PROMPT, _TINY_NEGATIVE, 4, 32, 32, 6.0, 16, num_frames=9, fps=8),
         full_size=("cogvideox-5b",),
+        attention_dispatcher=False,  # CogVideoXAttnProcessor2_0 calls F.scaled_dot_product_attention
+        default_fps=8,
     ),
     "wan": Family(
         key="wan",
@@ -251,6 +316,7 @@ FAMILIES: dict[str, Family] = {
         faster_cache_tensor_format="BCFHW",
         tiny=RunSettings(_TINY_PROMPT, _TINY_NEGATIVE, 4, 32, 32, 5.0, 16, num_frames=9, fps=16),
         full_size=("wan2.1-t2v-1.3b", "wan2.1-t2v-14b"),
+        default_fps=16,
     ),
 }
 
@@ -389,6 +455,117 @@ PAB_MATCHES_PER_BLOCK: dict[str, dict[str, int]] = {
     "cogvideox": {"spatial": 1, "temporal": 0, "cross": 0},
     "wan": {"spatial": 1, "temporal": 0, "cross": 1},
 }
+
+
+# ------------------------------------------------------------------------------------------------ guidance styles
+
+# The lab's words for how a run guides (`ModelInfo.guidance`, `optim.generation.guidance_style`): "distilled"
+# (one transformer call a step, guidance an embedding input), "true_cfg" (the two guidance branches as two
+# separate calls a step) and "cfg" (both branches batched in one call).
+GUIDANCE_STYLES: dict[Guidance, str] = {
+    Guidance.DISTILLED: "distilled",
+    Guidance.SEPARATE_CFG: "true_cfg",
+    Guidance.BATCHED_CFG: "cfg",
+}
+
+
+def guidance_style(key: str, guidance_embeds: bool) -> str:
+    """The lab's guidance style of family `key`: "distilled" with guidance embeddings; FLUX-architecture models
+    without them (FLUX.1-schnell, the embedded model) do real CFG through `true_cfg_scale` as a second call, so
+    "true_cfg"; otherwise the family's own (Wan and Qwen-Image "true_cfg", SD3 and CogVideoX "cfg")."""
+    fam = family(key)
+    if guidance_embeds:
+        return "distilled"
+    if fam.guidance is Guidance.DISTILLED:
+        return "true_cfg"
+    return GUIDANCE_STYLES[fam.guidance]
+
+
+def one_call_per_step(style: str, guidance_scale: float) -> bool:
+    """Whether a run makes one transformer call per step with no unconditional branch at all, from its guidance
+    style (`guidance_style`) and scale: every pipeline here runs classifier-free guidance only when its guidance
+    argument is above 1 (`do_classifier_free_guidance`, `do_true_cfg`); guidance-distilled ones never do."""
+    return style == "distilled" or guidance_scale <= 1.0
+
+
+def frames_made(key: str, num_frames: int) -> int:
+    """How many frames the family's pipeline really returns for `num_frames` (measured on the tiny builds,
+    tests/test_video.py): Wan rounds to 4k+1 (pipeline_wan.py: `num_frames // 4 * 4 + 1`, with a warning);
+    CogVideoX (1.0) encodes 4 frames per latent frame and its VAE decodes latent frames in pairs, so an even
+    number of latent frames comes out as 4 per latent (5 -> 8, 13 -> 16): only 8k+1 frames (9, 17, 49) come out
+    as asked. Other families make images (1)."""
+    fam = family(key)
+    if not fam.video:
+        return 1
+    if key == "wan":
+        return num_frames if num_frames % 4 == 1 else num_frames // 4 * 4 + 1
+    if key == "cogvideox":
+        latents = (num_frames - 1) // 4 + 1
+        return 4 * (latents - 1) + 1 if latents % 2 == 1 or latents == 1 else 4 * latents
+    return num_frames
+
+
+# ------------------------------------------------------------------------------------------------ techniques
+
+# Every technique the lab applies, per family: supported or not, and why. `optim.compat` refuses the unsupported
+# ones before loading, `optim.capabilities` lists the table, and tests/test_family_matrix.py runs each cell on the
+# tiny builds (the verified cells) or checks its refusal.
+TECHNIQUES: tuple[str, ...] = (
+    "attention.backend",
+    *(f"cache.{m.value}" for m in CacheMethod),
+    "quantization.torchao",
+    "offload.group",
+    "vae.slicing",
+    "vae.tiling",
+    "compile.regional",
+    "compile.full",
+)
+TECHNIQUE_LABELS: dict[str, str] = {
+    "attention.backend": "attention backend (not native)",
+    "cache.first_block_cache": "First Block Cache",
+    "cache.pyramid_attention_broadcast": "Pyramid Attention Broadcast",
+    "cache.faster_cache": "FasterCache",
+    "cache.mag_cache": "MagCache",
+    "cache.taylorseer": "TaylorSeer",
+    "quantization.torchao": "torchao int8 (transformer)",
+    "offload.group": "group offload",
+    "vae.slicing": "VAE slicing",
+    "vae.tiling": "VAE tiling",
+    "compile.regional": "regional compile",
+    "compile.full": "full compile",
+}
+_PROCESSOR = {"sd3": "JointAttnProcessor2_0", "cogvideox": "CogVideoXAttnProcessor2_0"}
+
+
+def technique_support(key: str) -> dict[str, CacheSupport]:
+    """`TECHNIQUES` -> whether it works on family `key`, and why (the cache entries are `CACHE_SUPPORT`'s)."""
+    fam = family(key)
+    out: dict[str, CacheSupport] = {}
+    if fam.attention_dispatcher:
+        out["attention.backend"] = CacheSupport(True, "the attention processors call diffusers' dispatcher "
+                                                "(dispatch_attention_fn), so set_attention_backend picks the kernel")
+    else:
+        out["attention.backend"] = CacheSupport(False, f"{_PROCESSOR[key]} calls torch's "
+                                                "scaled_dot_product_attention directly, not diffusers' dispatcher: "
+                                                "set_attention_backend is accepted and silently changes nothing")
+    for method, support in CACHE_SUPPORT[key].items():
+        out[f"cache.{method}"] = support
+    out["quantization.torchao"] = CacheSupport(True, "quantizes the transformer's nn.Linear weights at load "
+                                               "(PipelineQuantizationConfig quant_mapping)")
+    out["offload.group"] = CacheSupport(True, "enable_group_offload groups the transformer's ModuleList blocks "
+                                        "(block_level) or its leaf modules (leaf_level)")
+    out["vae.slicing"] = CacheSupport(fam.vae.slicing, f"{fam.vae.vae_class}.enable_slicing: splits the batch, so "
+                                      "one " + ("video" if fam.video else "image") + " per prompt changes nothing")
+    out["vae.tiling"] = CacheSupport(fam.vae.tiling, f"{fam.vae.vae_class}.enable_tiling: spatial tiles; temporal: "
+                                     f"{fam.vae.temporal}")
+    if fam.repeated_blocks:
+        out["compile.regional"] = CacheSupport(True, "compile_repeated_blocks compiles "
+                                               + " and ".join(fam.repeated_blocks) + " once and reuses it per block")
+    else:
+        out["compile.regional"] = CacheSupport(False, f"{fam.transformer_class} declares no _repeated_blocks, so "
+                                               "compile_repeated_blocks raises; use compile mode 'full'")
+    out["compile.full"] = CacheSupport(True, "torch.compile of the whole transformer")
+    return out
 
 
 # ------------------------------------------------------------------------------------------------ tokenizers
@@ -1140,7 +1317,7 @@ FULL_SIZE_MODELS: dict[str, FullSizeModel] = {
         name="flux-dev",
         family="flux",
         hub_id="black-forest-labs/FLUX.1-dev",
-        transformer=FLUX_TRANSFORMER,  # one place: optim/synthetic.py
+        transformer=FLUX_TRANSFORMER,  # one place: above (optim/synthetic.py imports it)
         vae=FLUX_VAE,
         text_encoders={"text_encoder": ("CLIPTextModel", CLIP_L),
                        "text_encoder_2": ("T5EncoderModel", T5_XXL)},

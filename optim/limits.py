@@ -3,9 +3,14 @@ environment variables, with defaults that keep a shared public server (a Hugging
 
     OPTIM_PUBLIC=1          public mode: no local model folders, tighter limits (on automatically on a Space)
     OPTIM_MAX_PIXELS        width x height (default 1024*1024; public 1024*1024)
+    OPTIM_MAX_FRAME_PIXELS  video: frames x width x height (default 81*1280*720, Wan 14B's 720p clip; public
+                            49*720*480, a CogVideoX-5b clip)
     OPTIM_MAX_STEPS         denoising steps (default 100; public 50)
     OPTIM_MAX_TIMED_RUNS    timed runs per side, also the most "auto" takes (default 50; public 10)
     OPTIM_MAX_TIME_BUDGET_S seconds of timed runs one comparison may take (default 600; public 60)
+    OPTIM_MAX_SWEEP_POINTS  configurations in one sweep or tune (default 100; public 12)
+    OPTIM_MAX_SWEEP_PROMPTS prompts x seeds in one sweep or tune (default 64; public 4)
+    OPTIM_MAX_SWEEP_SECONDS seconds one sweep or tune may run (default 3600; public 300)
     OPTIM_MAX_WARMUP_RUNS   warm-up runs per side (default 5; public 2)
     OPTIM_MAX_UPLOAD_BYTES  preset upload size (default 65536)
     OPTIM_MAX_LINK_CHARS    share-link token length (default 4096)
@@ -42,6 +47,10 @@ class Limits:
     max_link_chars: int = 4096
     local_model_roots: tuple[Path, ...] | None = None  # None: anywhere (when not public)
     max_side_memory_mb: int | None = None
+    max_sweep_points: int = 100
+    max_sweep_prompts: int = 64
+    max_sweep_seconds: int = 3600
+    max_frame_pixels: int = 81 * 1280 * 720  # video: frames x width x height (Wan 14B's 720p clip)
 
     @property
     def allow_local_models(self) -> bool:
@@ -51,7 +60,9 @@ class Limits:
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Limits:
         env = os.environ if environ is None else environ
         public = env.get("OPTIM_PUBLIC", "").lower() in ("1", "true", "yes") or bool(env.get("SPACE_ID"))
-        base = (cls(public=True, max_steps=50, max_timed_runs=10, max_time_budget_s=60, max_warmup_runs=2)
+        base = (cls(public=True, max_steps=50, max_timed_runs=10, max_time_budget_s=60, max_warmup_runs=2,
+                    max_sweep_points=12, max_sweep_prompts=4, max_sweep_seconds=300,
+                    max_frame_pixels=49 * 720 * 480)
                 if public else cls())
 
         def number(name: str, default: int) -> int:
@@ -74,11 +85,15 @@ class Limits:
             max_steps=number("OPTIM_MAX_STEPS", base.max_steps),
             max_timed_runs=number("OPTIM_MAX_TIMED_RUNS", base.max_timed_runs),
             max_time_budget_s=number("OPTIM_MAX_TIME_BUDGET_S", base.max_time_budget_s),
+            max_sweep_points=number("OPTIM_MAX_SWEEP_POINTS", base.max_sweep_points),
+            max_sweep_prompts=number("OPTIM_MAX_SWEEP_PROMPTS", base.max_sweep_prompts),
+            max_sweep_seconds=number("OPTIM_MAX_SWEEP_SECONDS", base.max_sweep_seconds),
             max_warmup_runs=number("OPTIM_MAX_WARMUP_RUNS", base.max_warmup_runs),
             max_upload_bytes=number("OPTIM_MAX_UPLOAD_BYTES", base.max_upload_bytes),
             max_link_chars=number("OPTIM_MAX_LINK_CHARS", base.max_link_chars),
             local_model_roots=roots,
             max_side_memory_mb=number("OPTIM_MAX_SIDE_MEMORY_MB", 0) or None,
+            max_frame_pixels=number("OPTIM_MAX_FRAME_PIXELS", base.max_frame_pixels),
         )
 
 
@@ -95,6 +110,13 @@ def check_run(run: RunSpec, limits: Limits) -> None:
         problems.append(
             f"run.width x run.height: {width}x{height} is more than this server allows "
             f"(at most {limits.max_pixels} pixels, e.g. 1024x1024)"
+        )
+    frames = run.num_frames or defaults.num_frames
+    if frames is not None and frames * width * height > limits.max_frame_pixels:
+        problems.append(
+            f"run.num_frames x run.width x run.height: {frames}x{width}x{height} is more than this server allows "
+            f"(at most {limits.max_frame_pixels} frame pixels, e.g. {limits.max_frame_pixels // (width * height)} "
+            f"frames at {width}x{height})"
         )
     if isinstance(run.timed_runs, int) and run.timed_runs > limits.max_timed_runs:
         problems.append(

@@ -30,6 +30,8 @@ class ModelDefaults:
     height: int = 1024
     guidance_scale: float = 3.5
     max_sequence_length: int | None = None
+    num_frames: int | None = None  # video models only (None: an image model, or the pipeline's own default)
+    fps: int | None = None  # video models only: frames per second of the written video
 
 
 @dataclass(frozen=True)
@@ -52,9 +54,15 @@ class ResolvedRun:
     target_precision: float = 0.05
     time_budget_s: float = 60.0
     timing: str = "auto"
+    num_frames: int | None = None  # video: frames per clip (None: the pipeline's default, or an image model)
+    fps: int | None = None  # video: frames per second of the written MP4 (None: the family's default)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        data = asdict(self)
+        for key in ("num_frames", "fps"):  # video settings: image runs (and their reports) stay as they were
+            if data[key] is None:
+                del data[key]
+        return data
 
 
 @dataclass(frozen=True)
@@ -68,3 +76,5 @@ class ModelInfo:
     guidance_embeds: bool = False
     attention_head_dim: int | None = None
     synthetic: str | None = None  # the synthetic model's name (full size, random weights, GPU only)
+    family: str | None = None  # the `optim.families` key (flux, qwen-image, sd3, cogvideox, wan); None: unknown
+    video: bool = False  # the pipeline makes videos (frames), not images

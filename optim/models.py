@@ -1,4 +1,6 @@
-"""Find, describe and load models: the embedded one, a local diffusers folder, a Hub model id, or a synthetic one.
+"""Find, describe and load models: the embedded ones (`embedded`, a tiny FLUX; `embedded-video`, a tiny
+CogVideoX), the tiny random-weight builds of every family (`tiny:flux`, `tiny:qwen-image`, `tiny:sd3`,
+`tiny:cogvideox`, `tiny:wan`), a local diffusers folder, a Hub model id, or a synthetic full-size one.
 
 Every real model goes through `DiffusionPipeline.from_pretrained`, the embedded one included, so the code path a
 user's Hub model takes is the one the tests exercise. Loading is locked down: safetensors weights only, no remote
@@ -19,6 +21,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from optim import families
 from optim.config import RunSpec
 from optim.data import ASSETS_DIR
 from optim.errors import ConfigError, ModelError
@@ -28,20 +31,41 @@ __all__ = ["ModelDefaults", "ModelInfo", "ModelRef", "ResolvedRun"]
 
 EMBEDDED_MODEL = "embedded"
 EMBEDDED_PATH = ASSETS_DIR / "tiny-flux"
+# The embedded video model: a tiny CogVideoX trained here (embedded/video_train.py) to draw a coloured shape moving.
+EMBEDDED_VIDEO_MODEL = "embedded-video"
+EMBEDDED_VIDEO_PATH = ASSETS_DIR / "tiny-cogvideox"
+EMBEDDED_MODELS = {EMBEDDED_MODEL: EMBEDDED_PATH, EMBEDDED_VIDEO_MODEL: EMBEDDED_VIDEO_PATH}
 SYNTHETIC_PREFIX = "synthetic:"
+# Tiny random-weight builds of every pipeline family (`optim.families`), built once into a cache folder.
+TINY_PREFIX = "tiny:"
+TINY_NOTE = "random weights: proves the lab's mechanics, not image quality"
 # The owner/name form of Hub repository ids (huggingface_hub's own rule: letters, digits, '-', '_', '.').
 HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/[A-Za-z0-9][A-Za-z0-9_.-]{0,95}$")
 # Defaults a model folder may carry for this app (written by the embedded model's training script).
 DEFAULTS_FILE = "lab_defaults.json"
 
 
-# Popular diffusers models offered in the app, with the settings their model cards recommend.
+def _card(name: str) -> ModelDefaults:
+    """A full-size model's recommended run (model card settings, `optim.families.FULL_SIZE_MODELS`)."""
+    from optim.synthetic import defaults_from_settings
+
+    return defaults_from_settings(families.FULL_SIZE_MODELS[name].settings)
+
+
+# Popular diffusers models offered in the app, with the settings their model cards recommend (video: frames, fps
+# and resolution too).
 POPULAR_MODELS: dict[str, ModelDefaults] = {
     "black-forest-labs/FLUX.1-dev": ModelDefaults(steps=28, guidance_scale=3.5, max_sequence_length=512),
     "black-forest-labs/FLUX.1-schnell": ModelDefaults(steps=4, guidance_scale=0.0, max_sequence_length=256),
     "stabilityai/stable-diffusion-3.5-medium": ModelDefaults(steps=40, guidance_scale=4.5),
+    "stabilityai/stable-diffusion-3.5-large": ModelDefaults(steps=28, guidance_scale=3.5),
     "Qwen/Qwen-Image": ModelDefaults(steps=50, guidance_scale=4.0, width=1328, height=1328),
     "THUDM/CogView4-6B": ModelDefaults(steps=50, guidance_scale=3.5),
+    "THUDM/CogVideoX-5b": _card("cogvideox-5b"),
+    # CogVideoX-2b's card: the 5b's run (50 steps, guidance 6, 49 frames 720x480 at 8 fps).
+    "THUDM/CogVideoX-2b": _card("cogvideox-5b"),
+    "Wan-AI/Wan2.1-T2V-1.3B-Diffusers": _card("wan2.1-t2v-1.3b"),
+    "Wan-AI/Wan2.1-T2V-14B-Diffusers": _card("wan2.1-t2v-14b"),
 }
 
 
@@ -56,8 +80,21 @@ def resolve_model(name: str, *, allow_local: bool = True, local_roots: tuple[Pat
     name = name.strip()
     if not name or len(name) > 300 or "\x00" in name:
         raise ModelError("model: give a name of 1 to 300 characters ('embedded', a Hub id or a folder)")
-    if name == EMBEDDED_MODEL:
-        return ModelRef(name, "embedded", str(EMBEDDED_PATH))
+    if name in EMBEDDED_MODELS:
+        path = EMBEDDED_MODELS[name]
+        if not (path / "model_index.json").is_file():
+            what = "the embedded model is missing"
+            if name == EMBEDDED_VIDEO_MODEL:
+                what = ("the embedded video model is not in this copy yet (it is trained by embedded/video_train.py); "
+                        "use 'tiny:cogvideox' meanwhile")
+            raise ModelError(f"model {name!r}: {path} has no model_index.json: {what}")
+        return ModelRef(name, "embedded", str(path))
+    if name.startswith(TINY_PREFIX):
+        key = name[len(TINY_PREFIX) :]
+        if key not in families.FAMILIES:
+            raise ModelError(f"unknown tiny model {name!r}; available: "
+                             + ", ".join(TINY_PREFIX + k for k in families.FAMILIES) + f" ({TINY_NOTE})")
+        return ModelRef(name, "tiny", str(families.tiny_model_path(key)))
     if name.startswith(SYNTHETIC_PREFIX):
         from optim.synthetic import SYNTHETIC_MODELS
 
@@ -74,8 +111,9 @@ def resolve_model(name: str, *, allow_local: bool = True, local_roots: tuple[Pat
     if HUB_ID.match(name):
         return ModelRef(name, "hub", name)
     raise ModelError(
-        f"unknown model {name!r}: give 'embedded', a Hub model id such as 'black-forest-labs/FLUX.1-dev', "
-        "a local diffusers folder (with model_index.json), or a synthetic model such as 'synthetic:flux-dev'"
+        f"unknown model {name!r}: give 'embedded' (or 'embedded-video'), a Hub model id such as "
+        "'black-forest-labs/FLUX.1-dev', a local diffusers folder (with model_index.json), a tiny random-weight "
+        "build such as 'tiny:wan', or a synthetic model such as 'synthetic:flux-dev'"
     )
 
 
@@ -118,7 +156,7 @@ def _is_within(path: Path, root: Path) -> bool:
 
 def model_defaults(ref: ModelRef) -> ModelDefaults:
     """What `None` run settings become for this model."""
-    if ref.kind in ("embedded", "local"):
+    if ref.kind in ("embedded", "local", "tiny"):
         path = Path(ref.location) / DEFAULTS_FILE
         if path.is_file():
             return _read_defaults(path)
@@ -159,6 +197,8 @@ def resolve_run(run: RunSpec, ref: ModelRef, *, cuda_available: bool) -> Resolve
         height=run.height or defaults.height,
         guidance_scale=run.guidance_scale if run.guidance_scale is not None else defaults.guidance_scale,
         max_sequence_length=run.max_sequence_length or defaults.max_sequence_length,
+        num_frames=run.num_frames or defaults.num_frames,
+        fps=run.fps or defaults.fps,
         dtype=dtype,
         device=device,
         warmup_runs=run.warmup_runs,
@@ -183,7 +223,8 @@ def check_pipeline_index(index: dict[str, Any], where: str) -> str:
             "code is never run here"
         )
     for component, spec in index.items():
-        if component.startswith("_") or spec is None:
+        # Plain values are the pipeline's own config (Wan: expand_timesteps, boundary_ratio), not components.
+        if component.startswith("_") or spec is None or isinstance(spec, (bool, int, float, str)):
             continue
         if not (isinstance(spec, list) and len(spec) == 2 and spec[0] in (None, "diffusers", "transformers")):
             raise ModelError(

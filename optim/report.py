@@ -1,5 +1,9 @@
 """Write a comparison to disk (report.json, report.md, the images, the charts) and format its summary.
 
+Images: `baseline.png`, `optimized.png`, `diff.png` (lossless). Videos: `baseline.mp4`, `optimized.mp4` and
+`diff.mp4` (H.264, to watch), and the same three PNG names holding every frame losslessly as a contact sheet
+(`optim.video`), plus the per-frame chart `frames.png`.
+
     >>> write_report(comparison, Path("out"))   # doctest: +SKIP
 """
 
@@ -38,10 +42,21 @@ def write_report(comparison: Any, directory: Path) -> Report:
     """Write every file of a comparison into `directory`; return the report (as written to report.json)."""
     directory.mkdir(parents=True, exist_ok=True)
     report = comparison.report()
-    _png(comparison.baseline.image, directory / "baseline.png")
-    _png(comparison.optimized.image, directory / "optimized.png")
-    _png(comparison.heatmap, directory / "diff.png")
-    files = ["baseline.png", "optimized.png", "diff.png", *save_charts(report, directory), "report.json", "report.md"]
+    files = []
+    if report.video is not None:
+        from optim.video import write_frames_png, write_mp4
+
+        for name, frames in (("baseline", comparison.baseline.image), ("optimized", comparison.optimized.image),
+                             ("diff", comparison.heatmap)):
+            write_mp4(frames, directory / f"{name}.mp4", fps=report.video.fps)
+            write_frames_png(frames, directory / f"{name}.png")
+        files += ["baseline.mp4", "optimized.mp4", "diff.mp4"]
+    else:
+        _png(comparison.baseline.image, directory / "baseline.png")
+        _png(comparison.optimized.image, directory / "optimized.png")
+        _png(comparison.heatmap, directory / "diff.png")
+    files += ["baseline.png", "optimized.png", "diff.png", *save_charts(report, directory), "report.json",
+              "report.md"]
     report = report.model_copy(update={"files": files})
     (directory / "report.json").write_text(json.dumps(json_safe(report.to_json()), indent=2, allow_nan=False) + "\n")
     (directory / "report.md").write_text(markdown(report))
@@ -116,7 +131,34 @@ def summary_rows(report: Report) -> list[tuple[str, str, str]]:
     ]
     for component, size in (o.quantization or {}).items():
         rows.append((f"{component} size", fmt_mb(size.before_mb), fmt_mb(size.after_mb)))
+    video = quality.video
+    if report.video is not None and video is not None:
+        info = report.video
+        clip = f"{info.frames} frames, {info.width}x{info.height}, {info.fps:g} fps"
+        rows += [
+            ("video", clip, clip),
+            ("PSNR per frame: mean / worst", "-", f"{fmt_db(video.psnr_db_mean)} / {fmt_db(video.psnr_db_worst)}"
+             f" (frame {video.worst_frame})"),
+            ("SSIM per frame: mean / worst", "-", f"{video.ssim_mean:.4f} / {video.ssim_worst:.4f}"),
+            ("motion (mean frame-to-frame change)", fmt_levels(video.motion_baseline),
+             fmt_levels(video.motion_optimized)),
+            ("temporal difference: mean / max", "-",
+             f"{fmt_levels(video.temporal_diff_mean)} / {fmt_levels(video.temporal_diff_max)}"),
+        ]
     return rows
+
+
+def fmt_db(value: float | None) -> str:
+    return "identical" if value is None else f"{value:.2f} dB"
+
+
+def fmt_levels(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def frames_text(report: Report) -> str:
+    """' x 49 frames' for a video, '' for an image."""
+    return f" x {report.video.frames} frames" if report.video is not None else ""
 
 
 def summary_table(report: Report) -> str:
@@ -139,7 +181,8 @@ def markdown(report: Report) -> str:
         f"**{timing.speedup.text}.**",
         "",
         f"Model `{run['model']}`, prompt \"{run['prompt']}\", seed {run['seed']}, {run['steps']} steps, "
-        f"{run['width']}x{run['height']}, guidance {run['guidance_scale']}, {run['dtype']} on {env['device']} "
+        f"{run['width']}x{run['height']}{frames_text(report)}, guidance {run['guidance_scale']}, {run['dtype']} on "
+        f"{env['device']} "
         f"({env['device_name']}); {run['warmup_runs']} warm-up run(s) and {runs_text(report)}; {isolation}.",
         f"torch {env['torch']}, diffusers {env['diffusers']}, Python {env['python']}; "
         f"{env.get('threads', {}).get('torch_threads', '?')} torch threads, OpenMP wait policy "
@@ -163,17 +206,58 @@ def markdown(report: Report) -> str:
     ]
     if report.optimized.warnings:
         lines += ["", "## Warnings", "", *[f"- {w}" for w in report.optimized.warnings]]
+    if report.video is not None and report.quality.video is not None:
+        lines += video_markdown(report)
+    else:
+        lines += [
+            "",
+            "## Images",
+            "",
+            "| baseline | optimized | difference |",
+            "|---|---|---|",
+            "| ![baseline](baseline.png) | ![optimized](optimized.png) | ![diff](diff.png) |",
+            "",
+            f"The difference heatmap maps 0 to black and {report.quality.heatmap_scale} levels (of 255) to white.",
+        ]
     lines += [
-        "",
-        "## Images",
-        "",
-        "| baseline | optimized | difference |",
-        "|---|---|---|",
-        "| ![baseline](baseline.png) | ![optimized](optimized.png) | ![diff](diff.png) |",
-        "",
-        f"The difference heatmap maps 0 to black and {report.quality.heatmap_scale} levels (of 255) to white.",
         "",
         "![latency](latency.png) ![per-step](per_step.png) ![memory](memory.png) ![work](work.png)",
         "",
     ]
     return "\n".join(lines)
+
+
+def video_markdown(report: Report) -> list[str]:
+    """report.md's video section: the clips, how quality is measured, and every frame's figures."""
+    info, video = report.video, report.quality.video
+    lines = [
+        "",
+        "## Video",
+        "",
+        f"Both sides made {info.frames} frames of {info.width}x{info.height} ({info.duration_s:.2f} s at "
+        f"{info.fps:g} fps). Watch them: [baseline.mp4](baseline.mp4), [optimized.mp4](optimized.mp4) and the "
+        f"per-frame difference [diff.mp4](diff.mp4) (H.264: lossy, for watching). Every frame, losslessly, left to "
+        "right then top to bottom:",
+        "",
+        "| baseline | optimized | difference |",
+        "|---|---|---|",
+        "| ![baseline](baseline.png) | ![optimized](optimized.png) | ![diff](diff.png) |",
+        "",
+        f"The difference heatmaps map 0 to black and {report.quality.heatmap_scale} levels (of 255) to white, on "
+        "one scale for every frame. Quality is measured on the lossless frames, frame by frame: PSNR and SSIM of "
+        "each frame against the baseline's (the table's PSNR pools the squared error of all frames; the mean "
+        "frame PSNR counts the frames that differ). The temporal difference compares motion: for each pair of "
+        "consecutive frames, the mean absolute difference between the optimized side's frame-to-frame change and "
+        "the baseline's (levels of 255; 0 means the same motion; flicker or frozen motion raise it).",
+        "",
+        "![per-frame quality](frames.png)",
+        "",
+        "| frame | PSNR | SSIM | mean abs diff | max abs diff | temporal diff to next |",
+        "|---|---|---|---|---|---|",
+    ]
+    temporal = video.temporal_diff_per_transition
+    for index in range(video.frames):
+        step = f"{temporal[index]:.3f}" if index < len(temporal) else "-"
+        lines.append(f"| {index} | {fmt_db(video.psnr_db_per_frame[index])} | {video.ssim_per_frame[index]:.4f} | "
+                     f"{video.mean_abs_diff_per_frame[index]:.3f} | {video.max_abs_diff_per_frame[index]} | {step} |")
+    return lines

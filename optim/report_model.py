@@ -2,7 +2,11 @@
 and the app read (by attribute, not by string key), and its JSON Schema is docs/report.schema.json
 (`python -m optim report-schema`; tests/test_engine.py checks the file is current).
 
-Units are in the names: `_s` seconds, `_mb` megabytes (2**20 bytes), `_db` decibels.
+Units are in the names: `_s` seconds, `_mb` megabytes (2**20 bytes), `_db` decibels. Differences and motion are
+in levels of 0-255.
+
+Video comparisons add `video` (frames, frame rate, size) and `quality.video` (per-frame and temporal figures);
+image reports have neither key, exactly as before.
 """
 
 from __future__ import annotations
@@ -44,7 +48,8 @@ class Quantized(_Data):
 class SideReport(_Data):
     latency_s: LatencyStats
     per_step_s: list[float] = Field(description="median time of each denoising step over the timed runs")
-    peak_memory_mb: float = Field(description="GPU allocated on CUDA; process RSS growth on a CPU (the most of any run)")
+    peak_memory_mb: float = Field(
+        description="GPU allocated on CUDA; process RSS growth on a CPU (the most of any run)")
     peak_memory_runs_mb: list[float]
     reserved_memory_mb: float | None
     host_peak_memory_mb: float
@@ -112,13 +117,49 @@ class TimingReport(_Data):
     baseline_reuse: str | None
 
 
+class VideoQuality(_Data):
+    """A video's quality frame by frame, and how its motion differs from the baseline's."""
+
+    frames: int
+    psnr_db_per_frame: list[float | None] = Field(description="None where the frame is identical")
+    ssim_per_frame: list[float]
+    mean_abs_diff_per_frame: list[float]
+    max_abs_diff_per_frame: list[int]
+    psnr_db_mean: float | None = Field(description="mean over the frames that differ (None: none differs)")
+    psnr_db_worst: float | None = Field(description="the lowest frame PSNR (None: no frame differs)")
+    ssim_mean: float
+    ssim_worst: float
+    worst_frame: int = Field(description="index of the frame that differs most (largest squared error)")
+    motion_baseline_per_transition: list[float] = Field(
+        description="mean absolute change from each frame to the next, baseline (levels)")
+    motion_optimized_per_transition: list[float]
+    temporal_diff_per_transition: list[float] = Field(
+        description="mean |(o[t+1] - o[t]) - (b[t+1] - b[t])|: how much the optimized side's frame-to-frame change "
+                    "differs from the baseline's (levels; flicker or frozen motion)")
+    motion_baseline: float | None
+    motion_optimized: float | None
+    temporal_diff_mean: float | None
+    temporal_diff_max: float | None
+
+
 class Quality(_Data):
     max_abs_diff: int
     mean_abs_diff: float
-    psnr_db: float | None = Field(description="None when the images are identical")
-    ssim: float
+    psnr_db: float | None = Field(description="None when the images are identical (videos: pooled over all frames)")
+    ssim: float = Field(description="videos: the mean of the frames' SSIM")
     changed_pixels: float
     heatmap_scale: int
+    video: VideoQuality | None = None
+
+
+class VideoInfo(_Data):
+    """What a video comparison made: both sides' clips have these frames, rate and size."""
+
+    frames: int
+    fps: float
+    width: int
+    height: int
+    duration_s: float
 
 
 class PresetReport(_Data):
@@ -144,9 +185,20 @@ class Report(_Data):
     quality: Quality
     elapsed_s: float
     files: list[str] = Field(default_factory=list)
+    video: VideoInfo | None = None
+
+    @property
+    def is_video(self) -> bool:
+        return self.video is not None
 
     def to_json(self) -> dict[str, Any]:
-        return self.model_dump(mode="json")
+        data = self.model_dump(mode="json")
+        # Image reports stay exactly as they were: the video keys only appear on videos.
+        if data.get("video") is None:
+            data.pop("video", None)
+        if data["quality"].get("video") is None:
+            data["quality"].pop("video", None)
+        return data
 
 
 def report_json_schema() -> dict[str, Any]:

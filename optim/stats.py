@@ -26,7 +26,6 @@ CONFIDENCE = 0.95
 # processes can differ by about this much from where their memory landed (benchmarks/records: A/A runs).
 NEGLIGIBLE = 0.02
 
-VERDICTS = ("faster", "slower", "no measurable difference", "too few runs")
 
 
 @dataclass(frozen=True)

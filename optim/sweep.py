@@ -39,7 +39,7 @@ from optim import config as C
 from optim.config import OptimConfig, RunSpec, minimal_dict, parse_optim, parse_run
 from optim.data import DATA_DIR
 from optim.engine import prepare
-from optim.errors import ConfigError, OptimError
+from optim.errors import Cancelled, ConfigError, OptimError
 from optim.measure import Item, Setup, SideJob, swappable
 from optim.metrics import image_quality
 from optim.presets import load_json, make_preset, preset_to_json
@@ -316,13 +316,15 @@ class Evaluator:
             compat.check(point.optim, self.run, self.model)
         except OptimError as error:
             return {**row, "status": "refused", "reason": str(error)}
+        self._ensure_baseline()  # a baseline that fails is the sweep's failure, not this point's
         try:
-            self._ensure_baseline()
             worker, setup, reused = self._worker_for(point.optim)
             probes = worker.probes
             self.pipeline_s += sum(probe.latency_s for probe in probes) + sum(setup.warmup_s[1:])
             baseline_times, optimized_times, optimized_peaks = self._time(worker)
             images = worker.images()
+        except Cancelled:
+            raise
         except OptimError as error:
             if self._worker is not None:
                 self._worker.close()

@@ -26,64 +26,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from optim import families
 from optim.errors import ModelError
+
+# FLUX.1-dev's published configs live in `optim.families` (one place, beside the other families' published ones).
+from optim.families import CLIP_L, FLUX_TRANSFORMER, FLUX_VAE, T5_XXL, FullSizeModel
 from optim.model_types import ModelDefaults, ModelInfo
 
-# FLUX.1-dev's published configs (black-forest-labs/FLUX.1-dev: transformer/, vae/, text_encoder/, text_encoder_2/).
-FLUX_TRANSFORMER = dict(
-    patch_size=1,
-    in_channels=64,
-    num_layers=19,
-    num_single_layers=38,
-    attention_head_dim=128,
-    num_attention_heads=24,
-    joint_attention_dim=4096,
-    pooled_projection_dim=768,
-    guidance_embeds=True,
-    axes_dims_rope=(16, 56, 56),
-)
-FLUX_VAE = dict(
-    in_channels=3,
-    out_channels=3,
-    down_block_types=("DownEncoderBlock2D",) * 4,
-    up_block_types=("UpDecoderBlock2D",) * 4,
-    block_out_channels=(128, 256, 512, 512),
-    layers_per_block=2,
-    act_fn="silu",
-    latent_channels=16,
-    norm_num_groups=32,
-    sample_size=1024,
-    scaling_factor=0.3611,
-    shift_factor=0.1159,
-    use_quant_conv=False,
-    use_post_quant_conv=False,
-    mid_block_add_attention=True,
-)
-CLIP_L = dict(
-    vocab_size=49408,
-    hidden_size=768,
-    intermediate_size=3072,
-    projection_dim=768,
-    num_hidden_layers=12,
-    num_attention_heads=12,
-    max_position_embeddings=77,
-    hidden_act="quick_gelu",
-)
-T5_XXL = dict(
-    vocab_size=32128,
-    d_model=4096,
-    d_kv=64,
-    d_ff=10240,
-    num_layers=24,
-    num_decoder_layers=0,
-    num_heads=64,
-    relative_attention_num_buckets=32,
-    relative_attention_max_distance=128,
-    feed_forward_proj="gated-gelu",
-    is_encoder_decoder=False,
-    use_cache=False,
-    dropout_rate=0.0,
-)
+__all__ = ["CLIP_L", "FLUX_TRANSFORMER", "FLUX_VAE", "T5_XXL", "SYNTHETIC_MODELS", "SyntheticModel",
+           "synthetic_model_path"]
+
 FLUX_SCHEDULER = dict(
     num_train_timesteps=1000,
     shift=3.0,
@@ -117,6 +69,11 @@ class SyntheticModel:
     parts: dict[str, Part]
     tokenizers: dict[str, Callable[[], Any]] = field(default_factory=dict)
     scheduler: tuple[str, dict[str, Any]] = ("FlowMatchEulerDiscreteScheduler", FLUX_SCHEDULER)
+    family: str = "flux"  # the `optim.families` key
+
+    @property
+    def video(self) -> bool:
+        return families.family(self.family).video
 
     @property
     def transformer(self) -> dict[str, Any]:
@@ -128,11 +85,13 @@ class SyntheticModel:
         return ModelInfo(
             pipeline=self.pipeline,
             transformer=self.parts["transformer"].class_name,
-            guidance="distilled" if embeds else "true_cfg",
+            guidance=families.guidance_style(self.family, embeds),
             components=self.components(),
             guidance_embeds=embeds,
             attention_head_dim=self.transformer.get("attention_head_dim"),
             synthetic=name,
+            family=self.family,
+            video=self.video,
         )
 
     def components(self) -> dict[str, str]:
@@ -198,6 +157,62 @@ def flux_parts(transformer: dict[str, Any], *, clip: dict[str, Any] = CLIP_L, t5
 
 FLUX_TOKENIZERS = {"tokenizer": _clip_tokenizer, "tokenizer_2": _t5_tokenizer}
 
+# The configs class of each transformers text encoder a full-size model uses.
+_CONFIG_CLASSES = {"CLIPTextModel": "CLIPTextConfig", "CLIPTextModelWithProjection": "CLIPTextConfig",
+                   "T5EncoderModel": "T5Config", "UMT5EncoderModel": "UMT5Config",
+                   "Qwen2_5_VLForConditionalGeneration": "Qwen2_5_VLConfig"}
+# Token ids the text encoders' configs take from the tokenizers below (T5 and UMT5 share families' T5 tokenizer:
+# <pad> 0, </s> 1). Qwen2.5-VL keeps its published ids: they only size nothing and pick no pooled token.
+_TOKEN_IDS = {"T5EncoderModel": T5_TOKEN_IDS, "UMT5EncoderModel": {**T5_TOKEN_IDS, "decoder_start_token_id": 0}}
+# The tokenizers `optim.families` builds in code (whole words for its vocabulary, characters for the rest): real
+# token ids for the pipeline's padding and attention masks; the text is noise to random weights anyway.
+_FAMILY_TOKENIZERS: dict[str, dict[str, Callable[[], Any]]] = {
+    "qwen-image": {"tokenizer": families.build_qwen2_tokenizer},
+    "cogvideox": {"tokenizer": families.build_t5_tokenizer},
+    "wan": {"tokenizer": families.build_t5_tokenizer},
+}
+_DESCRIPTIONS = {
+    "qwen-image": "Qwen-Image's architecture (20B MMDiT transformer, Qwen2.5-VL-7B text encoder, 16-channel causal "
+                  "3-D VAE), random weights",
+    "cogvideox-5b": "CogVideoX-5b's architecture (5.6B video transformer, T5-XXL, 3-D VAE; 49 frames 720x480), "
+                    "random weights",
+    "wan2.1-t2v-1.3b": "Wan 2.1 T2V 1.3B's architecture (1.4B video transformer, UMT5-XXL, Wan VAE; 81 frames "
+                       "832x480), random weights",
+    "wan2.1-t2v-14b": "Wan 2.1 T2V 14B's architecture (14B video transformer, UMT5-XXL, Wan VAE; 81 frames "
+                      "1280x720), random weights",
+}
+
+
+def defaults_from_settings(settings: families.RunSettings) -> ModelDefaults:
+    """A model card's recommended run (`families.RunSettings`) as the lab's `ModelDefaults`."""
+    return ModelDefaults(prompt=settings.prompt, negative_prompt=settings.negative_prompt, steps=settings.steps,
+                         width=settings.width, height=settings.height, guidance_scale=settings.guidance_scale,
+                         max_sequence_length=settings.max_sequence_length, num_frames=settings.num_frames,
+                         fps=settings.fps)
+
+
+def from_full_size(model: FullSizeModel, *, description: str | None = None,
+                   tokenizers: dict[str, Callable[[], Any]] | None = None) -> SyntheticModel:
+    """A synthetic model from `optim.families`' published configs of a full-size model (`FULL_SIZE_MODELS`)."""
+    fam = families.family(model.family)
+    parts = {
+        "transformer": Part("diffusers", fam.transformer_class, dict(model.transformer)),
+        "vae": Part("diffusers", fam.vae.vae_class, dict(model.vae)),
+    }
+    for component, (class_name, config) in model.text_encoders.items():
+        parts[component] = Part("transformers", class_name, {**config, **_TOKEN_IDS.get(class_name, {})},
+                                _CONFIG_CLASSES[class_name])
+    return SyntheticModel(
+        description=description or _DESCRIPTIONS.get(model.name, f"{model.hub_id}'s architecture, random weights"),
+        defaults=defaults_from_settings(model.settings),
+        pipeline=fam.pipeline_class,
+        parts=parts,
+        tokenizers=dict(tokenizers if tokenizers is not None else _FAMILY_TOKENIZERS[model.family]),
+        scheduler=(model.scheduler[0], dict(model.scheduler[1])),
+        family=model.family,
+    )
+
+
 SYNTHETIC_MODELS: dict[str, SyntheticModel] = {
     "flux-dev": SyntheticModel(
         description="FLUX.1-dev's architecture (12B transformer, T5-XXL, CLIP-L, 16-channel VAE), random weights",
@@ -213,6 +228,8 @@ SYNTHETIC_MODELS: dict[str, SyntheticModel] = {
         parts=flux_parts({**FLUX_TRANSFORMER, "guidance_embeds": False}),
         tokenizers=FLUX_TOKENIZERS,
     ),
+    **{name: from_full_size(families.FULL_SIZE_MODELS[name])
+       for name in ("qwen-image", "cogvideox-5b", "wan2.1-t2v-1.3b", "wan2.1-t2v-14b")},
 }
 
 
@@ -357,7 +374,8 @@ def _write_weights(module: Any, folder: Path, prefix: str, *, seed: int, shard_b
     sizes: list[int] = [0]
     tensors = _tensors(module)
     for name, tensor in tensors:
-        nbytes = tensor.numel() * torch.tensor([], dtype=dtype if tensor.is_floating_point() else tensor.dtype).element_size()
+        kind = dtype if tensor.is_floating_point() else tensor.dtype
+        nbytes = tensor.numel() * torch.tensor([], dtype=kind).element_size()
         if shards[-1] and sizes[-1] + nbytes > shard_bytes:
             shards.append([])
             sizes.append(0)
@@ -366,7 +384,8 @@ def _write_weights(module: Any, folder: Path, prefix: str, *, seed: int, shard_b
     by_name = dict(tensors)
     weight_map = {}
     for number, names in enumerate(shards, start=1):
-        file = f"{prefix}.safetensors" if len(shards) == 1 else f"{prefix}-{number:05d}-of-{len(shards):05d}.safetensors"
+        file = (f"{prefix}.safetensors" if len(shards) == 1
+                else f"{prefix}-{number:05d}-of-{len(shards):05d}.safetensors")
         shard = {name: _random_tensor(name, by_name[name], dtype, generator).contiguous() for name in names}
         save_file(shard, str(folder / file), metadata={"format": "pt"})
         weight_map.update({name: file for name in names})

@@ -22,7 +22,9 @@ from __future__ import annotations
 import itertools
 import json
 import re
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -94,7 +96,9 @@ def _combinations(space: Space) -> list[dict[str, Any]]:
 
 class _Tuner:
     def __init__(self, evaluator: Evaluator, floors: list[Floor], out: Path, budget_s: float,
-                 cached: dict[str, dict[str, Any]], progress: Callable[[str, int, int], None] | None) -> None:
+                 cached: dict[str, dict[str, Any]], progress: Callable[[str, int, int], None] | None,
+                 max_evaluations: int | None = None) -> None:
+        self.max_evaluations = max_evaluations
         self.evaluator = evaluator
         self.floors = floors
         self.out = out
@@ -102,9 +106,12 @@ class _Tuner:
         self.cached = cached
         self.rows: list[dict[str, Any]] = []
         self.progress = progress
+        self._lock = threading.Lock()  # evaluations may run in threads (an evaluator with several slots)
 
     def out_of_time(self) -> bool:
-        return time.perf_counter() >= self.deadline
+        """The budget is spent (time, or the number of evaluations a server allows)."""
+        too_many = self.max_evaluations is not None and len(self.rows) >= self.max_evaluations
+        return too_many or time.perf_counter() >= self.deadline
 
     def feasible(self, row: dict[str, Any]) -> bool:
         return row.get("status") == "ok" and all(floor.met(row) for floor in self.floors)
@@ -116,10 +123,11 @@ class _Tuner:
             if self.progress is not None:
                 self.progress(f"evaluation {len(self.rows) + 1}: {point.label}", len(self.rows), 0)
             row = self.evaluator.evaluate(point)
-            with open(self.out / "rows.jsonl", "a") as handle:
+            with self._lock, open(self.out / "rows.jsonl", "a") as handle:
                 handle.write(json.dumps(row) + "\n")
-        if all(r["id"] != row["id"] for r in self.rows):
-            self.rows.append(row)
+        with self._lock:
+            if all(r["id"] != row["id"] for r in self.rows):
+                self.rows.append(row)
         return row
 
     def bisect(self, base: dict[str, Any], path: str, low: float, high: float) -> None:
@@ -155,37 +163,59 @@ class _Tuner:
 
         sampler = optuna.samplers.TPESampler(seed=0, constraints_func=constraints)
         study = optuna.create_study(direction="maximize", sampler=sampler)
+        slots = getattr(self.evaluator, "slots", 1)
         while not self.out_of_time():
-            trial = study.ask()
-            settings = combos[trial.suggest_categorical("combination", list(range(len(combos))))]
-            for path, bounds in space.ranges.items():
-                if _integer(path):
-                    number = trial.suggest_int(path, int(bounds["low"]), int(bounds["high"]))
-                else:
-                    number = trial.suggest_float(path, float(bounds["low"]), float(bounds["high"]),
-                                                 log=bool(bounds.get("log")))
-                settings = set_path(settings, path, number)
-            try:
-                row = self.evaluate(settings)
-            except ConfigError as error:  # a combination that does not take this field
-                trial.set_user_attr("constraints", [1.0])
-                study.tell(trial, 0.0)
-                self.rows.append({"id": f"invalid-{trial.number}", "label": str(error)[:80], "status": "refused",
-                                  "reason": str(error), "settings": {}})
-                continue
-            values = [floor.value - (row.get(floor.metric) if row.get(floor.metric) is not None else -1e9)
-                      for floor in self.floors] if row.get("status") == "ok" else [1.0]
-            trial.set_user_attr("constraints", values)
-            study.tell(trial, row.get("speedup", 0.0) if row.get("status") == "ok" else 0.0)
+            if slots > 1:  # a batch of trials at once, one per slot
+                batch = [study.ask() for _ in range(slots)]
+                _each(lambda trial: self._trial(study, space, combos, trial), batch, slots)
+            else:
+                self._trial(study, space, combos, study.ask())
             if len(study.trials) >= 64:
                 break
+
+    def _trial(self, study: Any, space: Space, combos: list[dict[str, Any]], trial: Any) -> None:
+        settings = combos[trial.suggest_categorical("combination", list(range(len(combos))))]
+        for path, bounds in space.ranges.items():
+            if _integer(path):
+                number = trial.suggest_int(path, int(bounds["low"]), int(bounds["high"]))
+            else:
+                number = trial.suggest_float(path, float(bounds["low"]), float(bounds["high"]),
+                                             log=bool(bounds.get("log")))
+            settings = set_path(settings, path, number)
+        try:
+            row = self.evaluate(settings)
+        except ConfigError as error:  # a combination that does not take this field
+            trial.set_user_attr("constraints", [1.0])
+            study.tell(trial, 0.0)
+            self.rows.append({"id": f"invalid-{trial.number}", "label": str(error)[:80], "status": "refused",
+                              "reason": str(error), "settings": {}})
+            return
+        values = [floor.value - (row.get(floor.metric) if row.get(floor.metric) is not None else -1e9)
+                  for floor in self.floors] if row.get("status") == "ok" else [1.0]
+        trial.set_user_attr("constraints", values)
+        study.tell(trial, row.get("speedup", 0.0) if row.get("status") == "ok" else 0.0)
+
+
+def _each(function: Callable[[Any], Any], items: list[Any], slots: int) -> None:
+    """`function` on every item: in turn, or `slots` at a time in threads (an evaluator with several slots,
+    e.g. `optim.distributed.RayEvaluator`)."""
+    if slots <= 1 or len(items) <= 1:
+        for item in items:
+            function(item)
+        return
+    with ThreadPoolExecutor(max_workers=slots) as pool:
+        list(pool.map(function, items))
 
 
 def tune(space: Space, prompts: PromptSet, floors: list[Floor], out: Path, *, budget_s: float,
          run_spec: RunSpec | None = None, seeds: list[int] | None = None, resume: bool = False,
          progress: Callable[[str, int, int], None] | None = None,
-         should_stop: Callable[[], bool] | None = None, point_budget_s: float = 10.0) -> TuneResult:
-    """Find the fastest configuration of `space` meeting every floor (see the module docstring)."""
+         should_stop: Callable[[], bool] | None = None, point_budget_s: float = 10.0,
+         max_evaluations: int | None = None, evaluator: Any | None = None) -> TuneResult:
+    """Find the fastest configuration of `space` meeting every floor (see the module docstring).
+
+    `evaluator`: what measures the points instead of a local `Evaluator` (e.g. `optim.distributed.RayEvaluator`);
+    with `slots` > 1 the combinations (or batches of trials) are evaluated that many at a time. Closed here."""
     if not floors:
         raise ConfigError("give at least one quality floor, e.g. --floor 'ssim>=0.98'")
     if not space.ranges and not space.grid and not space.points:
@@ -195,24 +225,21 @@ def tune(space: Space, prompts: PromptSet, floors: list[Floor], out: Path, *, bu
     cached = {row["id"]: row for row in read_rows(out)} if resume else {}
     if not resume and (out / "rows.jsonl").exists():
         (out / "rows.jsonl").unlink()
-    evaluator = Evaluator(run_spec or parse_run(space.run), prompts, seeds or [0], should_stop=should_stop,
-                          point_budget_s=point_budget_s)
-    tuner = _Tuner(evaluator, floors, out, budget_s, cached, progress)
+    if evaluator is None:
+        evaluator = Evaluator(run_spec or parse_run(space.run), prompts, seeds or [0], should_stop=should_stop,
+                              point_budget_s=point_budget_s)
+    slots = getattr(evaluator, "slots", 1)
+    tuner = _Tuner(evaluator, floors, out, budget_s, cached, progress, max_evaluations)
     combos = _combinations(space)
     monotone = bool(space.ranges) and len(space.ranges) == 1 and all(_monotone(p) for p in space.ranges)
     strategy = "bisection" if monotone or not space.ranges else "optuna-tpe"
     try:
         if not space.ranges:
-            for settings in combos + space.points:
-                if tuner.out_of_time():
-                    break
-                tuner.evaluate(settings)
+            _each(lambda settings: tuner.out_of_time() or tuner.evaluate(settings), combos + space.points, slots)
         elif monotone:
             path, bounds = next(iter(space.ranges.items()))
-            for settings in combos:
-                if tuner.out_of_time():
-                    break
-                tuner.bisect(settings, path, float(bounds["low"]), float(bounds["high"]))
+            _each(lambda settings: tuner.out_of_time() or tuner.bisect(settings, path, float(bounds["low"]),
+                                                                     float(bounds["high"])), combos, slots)
         else:
             tuner.optuna(space, combos)
     finally:

@@ -21,9 +21,9 @@ def client(server_url):
     return Client(server_url, verbose=False)
 
 
-def test_only_compare_is_public(client):
+def test_only_compare_sweep_and_tune_are_public(client):
     endpoints = client.view_api(return_format="dict", print_info=False)["named_endpoints"]
-    assert list(endpoints) == ["/compare"]
+    assert sorted(endpoints) == ["/compare", "/sweep", "/tune"]
     names = [p["parameter_name"] for p in endpoints["/compare"]["parameters"]]
     assert names[:7] == ["preset", "model", "prompt", "seed", "steps", "width", "height"]
 
@@ -82,3 +82,20 @@ def test_a_stopped_server_deletes_its_files(tmp_path):
         assert list(scratch.glob("optim-lab-*")), "the server keeps its report files under TMPDIR"
     assert process.returncode == 0
     assert not list(scratch.glob("optim-lab-*"))
+
+
+def test_the_sweep_endpoint_returns_every_row_and_the_front(client):
+    space = '{"name": "api", "base": {"cache": {"method": "first_block_cache"}}, "grid": {"cache.threshold": [0.1, 0.4]}}'
+    result = client.predict(space, "a red circle on a blue background", "embedded", 4, "0", "ssim_worst",
+                            api_name="/sweep")
+    assert [row["status"] for row in result["rows"]] == ["ok", "ok"]
+    assert result["front"] and {row["id"] for row in result["rows"]} >= set(result["front"])
+    assert result["prompts"]["prompts"] == ["a red circle on a blue background"]
+
+
+def test_the_sweep_endpoint_refuses_a_bad_space_with_its_message(client):
+    from gradio_client.exceptions import AppError
+
+    with pytest.raises(AppError, match="unknown field 'cache.treshold'"):
+        client.predict('{"grid": {"cache.treshold": [0.1]}}', "", "embedded", 4, "0", "ssim_worst",
+                       api_name="/sweep")

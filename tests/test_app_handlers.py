@@ -355,8 +355,8 @@ def test_run_returns_images_table_and_charts_then_reuses_the_baseline():
     controls = as_values(sharing.load_shipped(CTX, "first-block-cache", values(**FAST, run__seed=1)))
     progress = Recorder()
     outputs = run_panel.run_comparison(CTX, controls, [], progress)
-    (headline, pair, heatmap, caption, table, latency, memory, per_step, work, details, report, files,
-     history, history_table) = outputs
+    (headline, pair, heatmap, caption, table, latency, memory, per_step, work, details, report, files) = outputs[:12]
+    history, history_table = outputs[results.VIEW_COUNT:]
     assert "Speedup" in headline and "Peak memory" in headline and "Work skipped" in headline
     baseline, optimized = pair
     for image in (baseline, optimized, heatmap["value"]):
@@ -383,7 +383,7 @@ def test_run_returns_images_table_and_charts_then_reuses_the_baseline():
     # Same run settings, another preset: the baseline's process was kept warm (load reused, runs timed again).
     controls = as_values(sharing.load_shipped(CTX, "baseline", controls))
     outputs = run_panel.run_comparison(CTX, controls, history, Recorder())
-    headline, report, history, history_table = outputs[0], outputs[10], outputs[12], outputs[13]
+    headline, report, history, history_table = outputs[0], outputs[10], *outputs[results.VIEW_COUNT:]
     assert report["baseline"]["reused"] is True and "baseline kept warm" in headline
     assert "taken now, in turns" in report["timing"]["baseline_reuse"]
     assert report["quality"]["max_abs_diff"] == 0
@@ -403,7 +403,7 @@ def test_cancel_stops_the_run_and_the_app_keeps_working():
     request = FakeRequest({})
     progress = Recorder(on_desc=lambda desc: run_panel.cancel_run(CTX, request) if "warm-up" in desc else None)
     outputs = run_panel.run_comparison(CTX, controls, [], progress, request)
-    assert outputs == [gr.skip()] * 14
+    assert outputs == [gr.skip()] * (results.VIEW_COUNT + 2)
     assert not CTX.active.stop(request.session_hash), "the cancelled run is no longer registered"
     # The app keeps working: the same session runs the next comparison to the end.
     controls = as_values(sharing.load_shipped(CTX, "first-block-cache", values(**FAST, run__seed=3)))
@@ -411,7 +411,7 @@ def test_cancel_stops_the_run_and_the_app_keeps_working():
     report = outputs[10]
     assert report["run"]["seed"] == 3 and report["preset"]["name"] == "first-block-cache"
     assert report["optimized"]["applied"] == ["cache: first_block_cache (threshold=0.1)"]
-    assert len(outputs[12]) == 1
+    assert len(outputs[results.VIEW_COUNT]) == 1
 
 
 def test_an_unavailable_option_is_refused_before_loading():

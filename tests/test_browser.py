@@ -211,3 +211,40 @@ def test_preset_picker_share_button_and_presets_saved_in_the_browser(server_url,
         "(id) => document.querySelector(`#${id} input[type=number]`)?.value === '7'",
         arg=elem_id("cache.taylorseer.cache_interval"), timeout=30_000,
     )
+
+
+def test_a_small_sweep_runs_in_the_app_and_a_point_loads_into_the_controls(server_url, page):
+    from lab.controls import elem_id
+
+    page.goto(server_url, wait_until="domcontentloaded")
+    page.wait_for_function(
+        "(id) => { const el = document.querySelector(`#${id} input`); return el && el.value !== ''; }",
+        arg=elem_id("run.steps"), timeout=60_000)
+    steps = control(page, "run.steps").locator("input[type=number]").first
+    steps.fill("4")
+    steps.press("Enter")
+    page.get_by_role("tab", name="Sweep & tune").click()
+    space = ('{"name": "two", "base": {"cache": {"method": "first_block_cache"}}, '
+             '"grid": {"cache.threshold": [0.1, 0.45]}}')
+    editor = page.locator("#sweep-space-json .cm-content")
+    editor.wait_for(timeout=30_000)
+    editor.click()
+    page.keyboard.press("Control+A")
+    page.keyboard.insert_text(space)
+    page.locator("#sweep-prompts input").first.click()
+    page.get_by_role("option", name="quick", exact=True).click()
+    page.locator("#sweep-button").click()
+    page.locator("#sweep-status").get_by_text("2 points").wait_for(timeout=300_000)
+    table = page.locator("#sweep-table")
+    cell = table.get_by_test_id("cell-1-1")  # row 2 (0.45), the configuration column
+    cell.wait_for(timeout=30_000)
+    assert "first_block_cache threshold=0.45" in cell.inner_text()
+    assert "★" in table.inner_text()
+    assert page.locator("#sweep-chart img, #sweep-chart canvas, #sweep-chart svg").count() > 0
+    cell.click()
+    page.get_by_text("into the settings").first.wait_for(timeout=30_000)
+    page.get_by_role("tab", name="Compare").click()
+    page.get_by_role("tab", name="Cache").click()
+    page.wait_for_function(
+        "(id) => document.querySelector(`#${id} input`)?.value === '0.45'",
+        arg=elem_id("cache.first_block_cache.threshold"), timeout=30_000)

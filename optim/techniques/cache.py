@@ -1,8 +1,10 @@
 """Step caches through diffusers' public `CacheMixin`: `transformer.enable_cache(config)` / `disable_cache()`.
 
 Our JSON configs become diffusers configs here, with the callables attached that presets never store:
-the current-timestep callback (Pyramid Attention Broadcast, FasterCache), FasterCache's attention weight,
-MagCache's step count and ratios.
+the current-timestep callback (Pyramid Attention Broadcast, FasterCache), FasterCache's attention weight and,
+left at its default, its tensor layout from the model's family (CogVideoX's hidden states are BFCHW), MagCache's
+step count and ratios. Which cache works on which family is `optim.families.CACHE_SUPPORT`, refused before
+loading by `optim.compat`.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ def build_cache_config(pipe: Any, cache: Any, *, steps: int, batched_cfg: bool, 
         # models and for pipelines that run the two guidance branches as separate calls (FLUX's true CFG).
         distilled = (not batched_cfg) if cache.is_guidance_distilled is None else cache.is_guidance_distilled
         weight = cache.attention_weight
+        tensor_format = faster_cache_tensor_format(pipe, cache)
         return hooks.FasterCacheConfig(
             spatial_attention_block_skip_range=cache.spatial_attention_block_skip_range,
             temporal_attention_block_skip_range=cache.temporal_attention_block_skip_range,
@@ -53,7 +56,7 @@ def build_cache_config(pipe: Any, cache: Any, *, steps: int, batched_cfg: bool, 
             unconditional_batch_skip_range=cache.unconditional_batch_skip_range,
             unconditional_batch_timestep_skip_range=tuple(cache.unconditional_batch_timestep_skip_range),
             attention_weight_callback=lambda _module: weight,
-            tensor_format=cache.tensor_format,
+            tensor_format=tensor_format,
             is_guidance_distilled=distilled,
             current_timestep_callback=timestep,
         )
@@ -77,6 +80,17 @@ def build_cache_config(pipe: Any, cache: Any, *, steps: int, batched_cfg: bool, 
             use_lite_mode=cache.use_lite_mode,
         )
     raise TypeError(f"not a cache setting: {cache!r}")
+
+
+def faster_cache_tensor_format(pipe: Any, cache: Any) -> str:
+    """FasterCache's `tensor_format`: the user's, unless left at the default, where the model's family decides
+    (CogVideoX: BFCHW, Wan: BCFHW; images: BCHW)."""
+    from optim.families import family_of_pipeline
+
+    fam = family_of_pipeline(type(pipe).__name__)
+    if fam is None or cache.tensor_format != C.FasterCache.model_fields["tensor_format"].default:
+        return cache.tensor_format
+    return fam.faster_cache_tensor_format
 
 
 def flux_mag_ratios() -> list[float]:
@@ -107,6 +121,30 @@ def apply_cache(
             f"FasterCache is_guidance_distilled={diffusers_config.is_guidance_distilled} "
             f"({'guidance branches batched' if batched_cfg else 'no batched unconditional branch in this pipeline'})"
         )
+    if isinstance(cache, C.FasterCache) and diffusers_config.tensor_format != cache.tensor_format:
+        applied.add(f"FasterCache tensor_format={diffusers_config.tensor_format} (the layout of "
+                    f"{type(transformer).__name__}'s hidden states; the setting was left at its default)")
+    _warn_shared_branch_state(pipe, cache, applied)
+
+
+def _warn_shared_branch_state(pipe: Any, cache: Any, applied: Applied) -> None:
+    """PAB and FasterCache keep one state per hooked module, not one per guidance branch: with true CFG (FLUX-
+    architecture models without guidance embeddings, at guidance > 1 with a negative prompt) the unconditional
+    call can reuse the conditional call's attention. Refused on Qwen-Image and Wan (`optim.compat`); on FLUX
+    models kept, with this warning, because it is how the shipped presets run on the embedded model."""
+    from optim.families import family_of_pipeline
+    from optim.generation import guidance_style
+
+    if not isinstance(cache, (C.PyramidAttentionBroadcast, C.FasterCache)) or guidance_style(pipe) != "true_cfg":
+        return
+    fam = family_of_pipeline(type(pipe).__name__)
+    if fam is not None and fam.key != "flux":
+        return  # Qwen-Image and Wan reach here only at guidance <= 1: one call a step, nothing shared
+    applied.warn(
+        f"{cache.method} keeps one state per attention module, not per guidance branch: when true CFG runs (guidance "
+        "above 1 with a negative prompt, two transformer calls a step) the unconditional call may reuse the "
+        "conditional call's attention output, which weakens guidance (diffusers' hook state is per module)"
+    )
 
 
 def describe_cache(cache: Any) -> str:

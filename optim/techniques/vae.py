@@ -13,11 +13,22 @@ from optim.techniques import Applied
 
 
 def vae_tile_size(vae: Any) -> int | None:
-    """Images wider or taller than this many pixels are decoded in tiles."""
-    size = getattr(vae, "tile_sample_min_size", None) or getattr(vae.config, "sample_size", None)
+    """Images wider or taller than this many pixels are decoded in tiles (the smaller side of a tile, for VAEs
+    with separate tile heights and widths)."""
+    tile = vae_tile_shape(vae)
+    return min(tile) if tile else None
+
+
+def vae_tile_shape(vae: Any) -> tuple[int, int] | None:
+    """(height, width) of a VAE's decoding tile in pixels: `tile_sample_min_size` (AutoencoderKL), or
+    `tile_sample_min_height` / `_width` (the video VAEs and Qwen-Image's); else the config's sample size."""
+    height, width = getattr(vae, "tile_sample_min_height", None), getattr(vae, "tile_sample_min_width", None)
+    if height and width:
+        return int(height), int(width)
+    size = getattr(vae, "tile_sample_min_size", None) or getattr(getattr(vae, "config", None), "sample_size", None)
     if isinstance(size, (list, tuple)):
         size = min(size)
-    return int(size) if size else None
+    return (int(size), int(size)) if size else None
 
 
 def apply_vae(pipe: Any, vae_config: VaeConfig, applied: Applied, *, width: int, height: int, batch: int = 1) -> None:
@@ -31,12 +42,11 @@ def apply_vae(pipe: Any, vae_config: VaeConfig, applied: Applied, *, width: int,
         vae.enable_slicing()
         applied.add("VAE slicing", vae.disable_slicing)
         if batch <= 1:
-            applied.warn("VAE slicing decodes a batch one image at a time; with one image it changes nothing")
+            applied.warn("VAE slicing decodes a batch one image (or video) at a time; with one it changes nothing")
     if vae_config.tiling:
         vae.enable_tiling()
         applied.add("VAE tiling", vae.disable_tiling)
-        tile = vae_tile_size(vae)
-        if tile is not None and width <= tile and height <= tile:
-            applied.warn(
-                f"VAE tiling splits images larger than {tile} px; at {width}x{height} it changes nothing"
-            )
+        tile = vae_tile_shape(vae)
+        if tile is not None and height <= tile[0] and width <= tile[1]:
+            size = f"{tile[0]} px" if tile[0] == tile[1] else f"{tile[1]}x{tile[0]} px (width x height)"
+            applied.warn(f"VAE tiling splits images larger than {size}; at {width}x{height} it changes nothing")
