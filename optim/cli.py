@@ -140,6 +140,15 @@ def _progress(quiet: bool) -> Any:
     return report
 
 
+def _check_model_early(model: str) -> None:
+    """An unknown model, or a Hub model that cannot be reached, is refused in seconds (before torch loads)."""
+    from optim.models import hub_offline, resolve_model
+
+    ref = resolve_model(model)
+    if ref.kind == "hub":
+        hub_offline(ref)
+
+
 def cmd_compare(args: argparse.Namespace) -> int:
     from optim.config import parse_run
     from optim.engine import compare
@@ -148,6 +157,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
     run = parse_run(run_settings(args))
     preset = load_preset(args.preset)
+    _check_model_early(run.model)
     comparison = compare(run, preset, isolation=args.isolation, progress=_progress(args.quiet))
     report = write_report(comparison, args.out)
     print(f"{preset.name}: {report.run['model']}, {report.run['steps']} steps, "
@@ -163,9 +173,10 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def _spaces() -> list[str]:
-    from optim.sweep import shipped_spaces
+    """The shipped spaces' names, read without importing the sweep engine (and torch) for --help."""
+    from optim.data import DATA_DIR
 
-    return shipped_spaces()
+    return sorted(path.stem for path in (DATA_DIR / "sweeps").glob("*.json"))
 
 
 def _sweep_inputs(args: argparse.Namespace) -> tuple[Any, Any, Any, list[int]]:

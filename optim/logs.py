@@ -21,6 +21,7 @@ _NOISY_LOGGERS = (
     "torch._dynamo",
     "torch._inductor",
     "accelerate",
+    "huggingface_hub",  # its retry lines ("Retrying in 8s [Retry 5/5]"): we check the Hub ourselves first
 )
 
 

@@ -233,15 +233,39 @@ def check_pipeline_index(index: dict[str, Any], where: str) -> str:
     return class_name
 
 
+def hub_offline(ref: ModelRef) -> bool:
+    """Whether a Hub model must come from the local cache: the Hub cannot be reached (checked in seconds,
+    `optim.hub`). Raises ModelError at once when it is not cached either, instead of waiting out the Hub
+    client's retries (half a minute of them)."""
+    from optim.hub import hub_unreachable_reason
+
+    reason = hub_unreachable_reason()
+    if reason is None:
+        return False
+    from huggingface_hub import try_to_load_from_cache
+
+    if not isinstance(try_to_load_from_cache(ref.location, "model_index.json"), str):
+        raise ModelError(f"model {ref.location!r} could not be loaded: the Hugging Face Hub cannot be reached from "
+                         f"here ({reason}) and the model is not in the local cache. Try 'embedded' or a local "
+                         "diffusers folder.")
+    return True
+
+
+def _hub_file(ref: ModelRef, filename: str) -> str:
+    from huggingface_hub import hf_hub_download
+
+    return hf_hub_download(ref.location, filename, local_files_only=hub_offline(ref))
+
+
 def read_model_index(ref: ModelRef) -> dict[str, Any]:
     """model_index.json of a real model (downloads it for a Hub id), checked for remote code."""
     if ref.kind == "synthetic":
         raise ModelError("synthetic models have no model_index.json")
     if ref.kind == "hub":
         try:
-            from huggingface_hub import hf_hub_download
-
-            path = hf_hub_download(ref.location, "model_index.json")
+            path = _hub_file(ref, "model_index.json")
+        except ModelError:
+            raise
         except Exception as error:  # noqa: BLE001 - the hub raises many kinds; all mean "cannot fetch"
             raise ModelError(_hub_message(ref.location, error)) from None
     else:
@@ -261,9 +285,7 @@ def read_component_config(ref: ModelRef, component: str) -> dict[str, Any] | Non
     """A component's config.json without loading weights (None when the component has none)."""
     if ref.kind == "hub":
         try:
-            from huggingface_hub import hf_hub_download
-
-            path = hf_hub_download(ref.location, f"{component}/config.json")
+            path = _hub_file(ref, f"{component}/config.json")
         except Exception:  # noqa: BLE001
             return None
     else:
@@ -283,7 +305,9 @@ def download_model(ref: ModelRef) -> None:
     from diffusers import DiffusionPipeline
 
     try:
-        DiffusionPipeline.download(ref.location, use_safetensors=True)
+        DiffusionPipeline.download(ref.location, use_safetensors=True, local_files_only=hub_offline(ref))
+    except ModelError:
+        raise
     except Exception as error:  # noqa: BLE001 - the hub raises many kinds; all mean "cannot fetch"
         raise ModelError(_hub_message(ref.location, error)) from None
 
@@ -315,7 +339,7 @@ def load_pipeline(ref: ModelRef, *, dtype: str, quantization_config: Any = None)
     kwargs: dict[str, Any] = {"torch_dtype": getattr(torch, dtype), "use_safetensors": True}
     if quantization_config is not None:
         kwargs["quantization_config"] = quantization_config
-    if ref.kind != "hub":
+    if ref.kind != "hub" or hub_offline(ref):
         kwargs["local_files_only"] = True
     try:
         return DiffusionPipeline.from_pretrained(location, **kwargs)
