@@ -16,10 +16,15 @@ from typing import Any, Sequence
 
 from optim.errors import ConfigError, OptimError
 
+COMMANDS = ("compare", "sweep", "tune", "presets", "capabilities", "schema", "report-schema", "reference")
+
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # one line, status 2, no usage dump
-        self.exit(2, f"error: {message} (see python -m optim {self.prog.split()[-1]} --help)\n")
+        # argparse reports a subcommand's unknown options from the top-level parser: name the subcommand then.
+        command = next((a for a in sys.argv[1:] if a in COMMANDS), None) if self.prog == "python -m optim" else None
+        where = f"python -m optim {command}" if command else self.prog
+        self.exit(2, f"error: {message} (see {where} --help)\n")
 
 
 def _runs(text: str) -> int | str:
@@ -37,7 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     compare = commands.add_parser("compare", help="run baseline and optimized side by side and write a report")
     compare.add_argument("--preset", required=True, help="a shipped preset name or a path to a preset .json file")
-    compare.add_argument("--model", help="'embedded' (default), a Hub model id, a local diffusers folder, or synthetic:NAME")
+    compare.add_argument("--model", help="'embedded' (default), 'embedded-video', a Hub model id, a local diffusers "
+                         "folder, tiny:FAMILY or synthetic:NAME")
     compare.add_argument("--prompt")
     compare.add_argument("--negative-prompt")
     compare.add_argument("--seed", type=int)
@@ -198,7 +204,7 @@ def _sweep_inputs(args: argparse.Namespace) -> tuple[Any, Any, Any, list[int]]:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from optim.sweep import QUALITY_METRICS, POINT_BUDGET_S, run_sweep
+    from optim.sweep import POINT_BUDGET_S, QUALITY_METRICS, run_sweep
 
     if args.quality not in QUALITY_METRICS:
         raise ConfigError(f"--quality {args.quality!r}: use one of {', '.join(QUALITY_METRICS)}")
