@@ -185,8 +185,11 @@ def test_video_cache_settings_are_checked_against_the_family():
     prepare(run_spec("wan"), parse_optim({"cache": {"method": "taylorseer", "use_lite_mode": True}}))
     with pytest.raises(IncompatibleError, match="BFCHW"):
         prepare(run_spec("cogvideox"), parse_optim({"cache": {"method": "faster_cache", "tensor_format": "BCFHW"}}))
+    # Left at "decide from the model", guidance 1 (no unconditional branch) is handled; forced off, it is refused.
+    prepare(run_spec("cogvideox", guidance_scale=1.0), parse_optim({"cache": {"method": "faster_cache"}}))
     with pytest.raises(IncompatibleError, match="is_guidance_distilled to true"):
-        prepare(run_spec("cogvideox", guidance_scale=1.0), parse_optim({"cache": {"method": "faster_cache"}}))
+        prepare(run_spec("cogvideox", guidance_scale=1.0),
+                parse_optim({"cache": {"method": "faster_cache", "is_guidance_distilled": False}}))
     with pytest.raises(IncompatibleError, match="FLUX.1-dev's"):
         prepare(run_spec("wan"), parse_optim({"cache": {"method": "mag_cache", "mag_ratios": "flux"}}))
 
