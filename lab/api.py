@@ -19,12 +19,13 @@ import gradio as gr
 from lab.context import ServerContext
 from lab.fields import as_float, as_int
 from lab.run_panel import GPU_QUEUE, execute
+from lab.sharing import user_error
 from lab.text import log
 from optim.config import parse_run
-from optim.report import json_safe
 from optim.errors import ConfigError, OptimError
 from optim.models import EMBEDDED_MODEL
 from optim.presets import Preset, preset_from_json
+from optim.report import json_safe
 
 DEFAULT_TIMED_RUNS = "auto"
 
@@ -64,6 +65,12 @@ def runs_value(value: Any) -> Any:
     return as_int(value)
 
 
+def _given(value: Any) -> int | None:
+    """An optional count: None (or an empty value) is the model's default; 0 is a value, checked (and refused)
+    like any other, never silently replaced by the default."""
+    return None if value is None or value == "" else as_int(value)
+
+
 def api_compare(ctx: ServerContext, preset: str, model: str | None = EMBEDDED_MODEL, prompt: str | None = "",
                 seed: float | None = 0, steps: float | None = None, width: float | None = None,
                 height: float | None = None, guidance_scale: float | None = None,
@@ -77,15 +84,15 @@ def api_compare(ctx: ServerContext, preset: str, model: str | None = EMBEDDED_MO
             "model": (model or "").strip() or EMBEDDED_MODEL,
             "prompt": prompt or None,
             "seed": as_int(seed) if seed is not None else 0,
-            "steps": as_int(steps) if steps else None,
-            "width": as_int(width) if width else None,
-            "height": as_int(height) if height else None,
+            "steps": _given(steps),
+            "width": _given(width),
+            "height": _given(height),
             "guidance_scale": as_float(guidance_scale) if guidance_scale is not None else None,
             "timed_runs": runs_value(timed_runs),
         }), where="run")
         comparison = execute(ctx, run, chosen, progress=progress)
     except OptimError as error:
-        raise gr.Error(str(error), duration=None) from None
+        raise user_error(error, for_page=False) from None
     except Exception as error:  # noqa: BLE001
         log.exception("api compare failed")
         raise gr.Error(f"Unexpected error ({type(error).__name__}: {error})") from None

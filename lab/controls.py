@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Callable
 
 import gradio as gr
@@ -54,6 +55,9 @@ class SettingsPanel:
     quantization_groups: dict[str, Any] = field(default_factory=dict)
     offload_group: Any = None
     compile_group: Any = None
+    recommended_button: Any = None  # "Use this model's recommended settings"
+    applied_defaults: Any = None  # gr.State: the model defaults last filled in (what the user has not edited)
+    frames_row: Any = None  # Frames and FPS: shown for video models
 
     @property
     def control_list(self) -> list[Any]:
@@ -130,23 +134,18 @@ def make_field_controls(ctx: ServerContext, defaults: dict[str, Any], prefix: st
         else:
             controls[key] = gr.Dropdown(choices, value=value, label=label, info=info, **common)
     elif kind in ("int", "float", "int_or_off"):
+        # A number box with no minimum or maximum of its own: Gradio would clamp a typed 0 to the minimum (and run
+        # a value the user did not choose). What the user typed stays; the settings check names any value out of
+        # range, and Run refuses it with that reason (`lab.text.settings_summary`, `lab.run_panel`).
         low, high, exclusive = field_bounds(cls, name)
-        limited = prefix == "run" and name in ctx.run_limits
-        if limited:
+        if prefix == "run" and name in ctx.run_limits:
             high = min(high, ctx.run_limits[name])
         step = 1 if kind != "float" else (0.01 if (high or 1) <= 2 else 0.05 if high <= 10 else 0.1)
+        step = 16 if name in ("width", "height") else step
         if kind == "int_or_off":
             low = 0
-        if exclusive:
-            low = low + step
-        if name == "seed" or (high is not None and high - low > 100 and kind == "int" and not limited):
-            # A slider over hundreds of values is hard to set exactly: a number box instead.
-            controls[key] = gr.Number(value=value, label=label, info=info, precision=0, minimum=low, maximum=high,
-                                      **common)
-        else:
-            step = 16 if name in ("width", "height") else step
-            controls[key] = gr.Slider(low, high, value=value, step=step, label=label, info=info,
-                                      precision=None if kind == "float" else 0, **common)
+        controls[key] = gr.Number(value=value, label=label, info=_with_range(info, low, high, exclusive),
+                                  precision=None if kind == "float" else 0, step=step, **common)
     elif kind == "text":
         controls[key] = gr.Textbox(value=value, label=label, info=info, lines=2 if name == "prompt" else 1,
                                    max_lines=4, **common)
@@ -157,16 +156,15 @@ def make_field_controls(ctx: ServerContext, defaults: dict[str, Any], prefix: st
     elif kind == "int_or_blank":
         # No minimum: an empty box reaches the server as 0 (which means "the default" here); the field's own
         # bounds are checked when the settings are read.
-        _, high, _ = field_bounds(cls, name)
-        controls[key] = gr.Number(value=value, label=label, info=info, precision=0, maximum=high,
+        controls[key] = gr.Number(value=value, label=label, info=info, precision=0,
                                   placeholder="default" if prefix == "run" else "never", **common)
     elif kind == "range":
         with gr.Row(equal_height=True):
             low_key, high_key = f"{key}.from", f"{key}.to"
             controls[low_key] = gr.Number(defaults[low_key], label=key_facts(low_key).label, info=info, precision=0,
-                                          minimum=-1, maximum=1000, elem_id=elem_id(low_key), min_width=120)
-            controls[high_key] = gr.Number(defaults[high_key], label="to", precision=0, minimum=-1,
-                                           maximum=1000, elem_id=elem_id(high_key), min_width=120)
+                                          elem_id=elem_id(low_key), min_width=120)
+            controls[high_key] = gr.Number(defaults[high_key], label="to", precision=0, elem_id=elem_id(high_key),
+                                           min_width=120)
     elif kind == "mag_ratios":
         controls[key] = gr.Radio(["calibrate", "flux", "custom"], value=value, label=label, info=info, **common)
         custom_key = f"{key}.custom"
@@ -176,6 +174,15 @@ def make_field_controls(ctx: ServerContext, defaults: dict[str, Any], prefix: st
                                           visible=value == "custom")
     else:
         raise TypeError(f"no control for {key} ({kind})")
+
+
+def _with_range(info: str | None, low: float | None, high: float | None, exclusive: bool) -> str | None:
+    """A field's help followed by the values it takes ("1 to 200")."""
+    if low is None or high is None or high - low > 10**6:  # a seed's range says nothing useful
+        return info
+    show = lambda x: str(int(x)) if float(x).is_integer() else f"{x:g}"  # noqa: E731
+    text = f"more than {show(low)}, up to {show(high)}" if exclusive else f"{show(low)} to {show(high)}"
+    return f"{info} ({text})" if info else text.capitalize()
 
 
 def _picker(ctx: ServerContext, defaults: dict[str, Any], key: str, tags: list[str]) -> Any:
@@ -229,6 +236,8 @@ def _section(ctx: ServerContext, defaults: dict[str, Any], prefix: str, cls: typ
 def build_settings(ctx: ServerContext, defaults: dict[str, Any]) -> SettingsPanel:
     """The settings column's controls (call inside a `gr.Column`)."""
     controls: dict[str, Any] = {}
+    # First (under the Run button the layout puts above it): what will run, or why it will be refused.
+    summary = gr.HTML(settings_summary(ctx, defaults), elem_id="settings-summary")
     picker = gr.Dropdown(shipped_choices(ctx), value=ctx.default_preset.name, label="Preset",
                          info="A shipped preset fills every optimization control (the model and prompt stay); "
                               "then adjust anything.", elem_id="preset-picker")
@@ -240,6 +249,8 @@ def build_settings(ctx: ServerContext, defaults: dict[str, Any]) -> SettingsPane
                 model_choices(), value=defaults["run.model"], allow_custom_value=True, label=facts.label,
                 info=facts.help, elem_id=elem_id("run.model"))
             note = gr.HTML(model_note(ctx, defaults["run.model"]), elem_classes="lab-note")
+            recommended = gr.Button("Use this model's recommended settings", size="sm", variant="secondary",
+                                    elem_id="recommended-button")
             run("prompt")
             gr.Examples(EXAMPLE_PROMPTS, inputs=[controls["run.prompt"]], label="Prompts the embedded model knows")
             with gr.Row():
@@ -248,13 +259,13 @@ def build_settings(ctx: ServerContext, defaults: dict[str, Any]) -> SettingsPane
             with gr.Row():
                 run("width")
                 run("height")
-            with gr.Row():  # video models only; empty: the model's own (a blank box reads back as None)
+            # Video models only (shown for them); empty: the model's own (a blank box reads back as None).
+            with gr.Row(visible=is_video_model(ctx, defaults["run.model"])) as frames_row:
                 for name in ("num_frames", "fps"):
                     frame_facts = key_facts(f"run.{name}")
-                    low, high, _ = field_bounds(RunSpec, name)
                     controls[f"run.{name}"] = gr.Number(
                         value=defaults.get(f"run.{name}"), label=frame_facts.label, info=frame_facts.help,
-                        precision=0, minimum=low, maximum=high, placeholder="model default (video only)",
+                        precision=0, placeholder="model default (video only)",
                         elem_id=elem_id(f"run.{name}"))
             run("guidance_scale")
             with gr.Accordion("More run settings", open=False):
@@ -337,8 +348,9 @@ def build_settings(ctx: ServerContext, defaults: dict[str, Any]) -> SettingsPane
                     compile_("dynamic")
                     compile_("recommended_dynamo_settings")
 
-    summary = gr.HTML(settings_summary(ctx, defaults), elem_id="settings-summary")
+    applied = gr.State({key: defaults[key] for key in MODEL_DEFAULT_KEYS})
     return SettingsPanel(controls=controls, preset_picker=picker, model_note=note, summary=summary,
+                         recommended_button=recommended, applied_defaults=applied, frames_row=frames_row,
                          cache_groups=cache_groups, quantization_groups=quant_groups, offload_group=offload_group,
                          compile_group=compile_group)
 
@@ -376,17 +388,14 @@ def warn(message: str) -> None:
     gr.Warning(escape(message), duration=12)
 
 
-def load_model_defaults(ctx: ServerContext, model: str, values: dict[str, Any]) -> list[Any]:
-    """The model changed: fill in its recommended prompt, steps, size, guidance (other controls stay)."""
-    model = (model or "").strip() or EMBEDDED_MODEL
-    try:
-        defaults = ctx.defaults_for(model)
-    except OptimError as error:
-        warn(str(error))
-        return no_change()
-    out = dict(values)
-    out.update({
-        "run.model": model,
+# The run settings a model recommends (`optim.models.model_defaults`): filled in when the model changes.
+MODEL_DEFAULT_KEYS = ("run.prompt", "run.negative_prompt", "run.steps", "run.width", "run.height",
+                      "run.guidance_scale", "run.max_sequence_length", "run.num_frames", "run.fps")
+
+
+def recommended_values(ctx: ServerContext, defaults: Any) -> dict[str, Any]:
+    """A model's recommended run settings as control values (within this server's limits)."""
+    return {
         "run.prompt": defaults.prompt,
         "run.negative_prompt": defaults.negative_prompt or "",
         "run.steps": min(defaults.steps, ctx.limits.max_steps),
@@ -396,8 +405,49 @@ def load_model_defaults(ctx: ServerContext, model: str, values: dict[str, Any]) 
         "run.max_sequence_length": defaults.max_sequence_length,
         "run.num_frames": defaults.num_frames,  # None for image models: the box shows "model default"
         "run.fps": defaults.fps,
-    })
-    return fill(ctx, out, shipped=gr.skip())
+    }
+
+
+def same_value(a: Any, b: Any) -> bool:
+    """Control values equal as settings (an empty box is None; 20 and 20.0 are the same)."""
+    a, b = (None if v in ("", None) else v for v in (a, b))
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+        return float(a) == float(b)
+    return a == b
+
+
+def is_video_model(ctx: ServerContext, model: str) -> bool:
+    try:
+        return ctx.defaults_for((model or "").strip() or EMBEDDED_MODEL).num_frames is not None
+    except Exception:  # noqa: BLE001 - an unknown model is refused when it runs; the page keeps its layout
+        return False
+
+
+def load_model_defaults(ctx: ServerContext, model: str, applied: dict[str, Any] | None, values: dict[str, Any],
+                        *, overwrite: bool = False) -> list[Any]:
+    """The model changed: fill in its recommended prompt, steps, size and guidance where the user has not edited
+    them (a field still showing the previous model's default); `overwrite` (the "Use this model's recommended
+    settings" button) sets them all. Other controls stay. Outputs: `fill_outputs`, then the applied defaults."""
+    model = (model or "").strip() or EMBEDDED_MODEL
+    try:
+        defaults = ctx.defaults_for(model)
+    except OptimError as error:
+        warn(str(error))
+        return no_change() + [gr.skip()]
+    recommended = recommended_values(ctx, defaults)
+    out = dict(values)
+    out["run.model"] = model
+    kept = []
+    for key, value in recommended.items():
+        video_only = key in ("run.num_frames", "run.fps")  # follow the model's kind: an image model has none
+        if overwrite or video_only or applied is None or same_value(values.get(key), applied.get(key)):
+            out[key] = value
+        elif not same_value(values.get(key), value):
+            kept.append(key_facts(key).label)
+    if kept:
+        gr.Info(escape(f"Kept what you set in {', '.join(kept)}. “Use this model's recommended settings” sets "
+                       "those too."), duration=8)
+    return fill(ctx, out, shipped=gr.skip()) + [recommended]
 
 
 def _visibility(options: list[str]) -> Callable[[str], list[Any]]:
@@ -416,11 +466,17 @@ def wire_settings(ctx: ServerContext, panel: SettingsPanel) -> None:
             return fn(ctx, *[data[c] for c in extra], panel.values_of(data))
         return handler, {*panel.control_list, *extra}
 
-    # Model: a user's choice fills its defaults; the note follows every change (also from a link).
-    fn, inputs = with_values(load_model_defaults, controls["run.model"])
-    controls["run.model"].input(fn, inputs, panel.fill_outputs, **PRIVATE)  # `input`: typed ids and folders too
-    controls["run.model"].change(lambda model: model_note(ctx, model), controls["run.model"], panel.model_note,
-                                 queue=False, **PRIVATE)
+    # Model: a user's choice fills its defaults where the user has not edited them (the button: all of them);
+    # the note and the video-only fields follow every change (also from a link).
+    outputs = panel.fill_outputs + [panel.applied_defaults]
+    fn, inputs = with_values(load_model_defaults, controls["run.model"], panel.applied_defaults)
+    controls["run.model"].input(fn, inputs, outputs, **PRIVATE)  # `input`: typed ids and folders too
+    fn, inputs = with_values(partial(load_model_defaults, overwrite=True), controls["run.model"],
+                             panel.applied_defaults)
+    panel.recommended_button.click(fn, inputs, outputs, **PRIVATE)
+    controls["run.model"].change(
+        lambda model: [model_note(ctx, model), gr.update(visible=is_video_model(ctx, model))], controls["run.model"],
+        [panel.model_note, panel.frames_row], queue=False, **PRIVATE)
 
     # Only the chosen technique's options are shown.
     methods = list(panel.cache_groups)

@@ -52,6 +52,11 @@ CSS = """
 .lab-stat.good .lab-stat-value { color: #15803d; }
 .lab-stat.bad .lab-stat-value { color: #c2410c; }
 .lab-badges { display: flex; flex-wrap: wrap; gap: 6px; margin-top: 10px; font-size: 0.8rem; }
+.lab-error { color: #c2410c; border-color: #c2410c !important; text-align: left !important; opacity: 1 !important; }
+.lab-error .lab-note { color: var(--body-text-color); }
+/* Tables break lines between words only ("speedup", not "speedu p"). */
+#history-table :is(th, td, span), #metrics-table :is(th, td, span), #sweep-table :is(th, td, span) {
+  word-break: normal !important; overflow-wrap: normal !important; hyphens: none; }
 .lab-empty { padding: 28px; text-align: center; opacity: 0.75; border: 1px dashed var(--border-color-primary);
   border-radius: 12px; }
 #run-button { font-size: 1.05rem; }
@@ -80,8 +85,8 @@ def build_demo(ctx: ServerContext) -> gr.Blocks:
             with gr.Tab("Compare", id="tab-compare"):
                 with gr.Row(equal_height=False):
                     with gr.Column(scale=1, min_width=440):
+                        run_panel = build_run_panel()  # first: above the fold on any screen
                         settings = build_settings(ctx, defaults)
-                        run_panel = build_run_panel()
                         sharing = build_sharing(ctx, defaults, settings.controls)
                     with gr.Column(scale=1, min_width=480):
                         results = build_results()

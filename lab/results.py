@@ -26,6 +26,7 @@ from lab.text import (
     EMPTY_RESULTS,
     HISTORY_HEADERS,
     details_markdown,
+    error_html,
     headline_html,
     heatmap_caption,
     history_rows,
@@ -226,6 +227,17 @@ def render(entry: dict[str, Any]) -> list[Any]:
     ]
 
 
+def render_error(message: str, *, bug: bool = False) -> list[Any]:
+    """The result area after a run that was refused (or failed): the message where the result was, every view of
+    the previous result cleared (it stays in the History tab), so nothing on screen looks like this run's."""
+    cleared = "Nothing to show: the last run did not complete (see the message above)."
+    return [
+        error_html(message, bug=bug),
+        None, None, "", [], None, None, None, None, cleared, None, None,
+        gr.skip(), cleared, None, None, gr.update(visible=False, value=0), None, None, None, "", None, None,
+    ]
+
+
 def render_video(entry: dict[str, Any]) -> list[Any]:
     """The Video tab's values (`ResultsPanel.video_views`): a video result opens the tab; an image one leaves
     the tabs alone and empties it."""
@@ -297,15 +309,14 @@ def build_results() -> ResultsPanel:
             gr.Markdown("Latency is per image, median of the timed runs with min-max. The two sides' timed runs are "
                         "taken in turns, so the machine's ups and downs hit both alike; the speedup is the geometric "
                         "mean of the paired ratios with its 95% confidence interval, and “no measurable difference” "
-                        "means the interval includes 1.0 (or the difference is under 2%). Memory is the peak during "
+                        "means the interval reaches within 5% of 1.0 (two identical processes can differ by that "
+                        "much, so smaller differences are not called a speedup). Memory is the peak during "
                         "the timed runs (GPU allocated on CUDA, process RSS growth on CPU).", elem_classes="lab-note")
-        with gr.Tab("Charts", id="tab-charts"):
-            with gr.Row():
-                latency_plot = gr.Plot(label="Latency", format="png", show_label=False)
-                memory_plot = gr.Plot(label="Peak memory", format="png", show_label=False)
-            with gr.Row():
-                per_step_plot = gr.Plot(label="Per-step time", format="png", show_label=False)
-                work_plot = gr.Plot(label="Work per step", format="png", show_label=False)
+        with gr.Tab("Charts", id="tab-charts"):  # one chart per row: each carries a lot (runs, steps, blocks)
+            latency_plot = gr.Plot(label="Latency", format="png", show_label=False, elem_id="latency-plot")
+            per_step_plot = gr.Plot(label="Per-step time", format="png", show_label=False, elem_id="per-step-plot")
+            memory_plot = gr.Plot(label="Peak memory", format="png", show_label=False, elem_id="memory-plot")
+            work_plot = gr.Plot(label="Work per step", format="png", show_label=False, elem_id="work-plot")
         with gr.Tab("Details", id="tab-details"):
             details = gr.Markdown("Run a comparison to see what was applied, in order, and any warnings.")
             report_files = gr.File(label="Report files (report.json, report.md, lossless PNGs)", file_count="multiple",
@@ -317,7 +328,7 @@ def build_results() -> ResultsPanel:
                         elem_classes="lab-note")
             history_table = gr.Dataframe(headers=HISTORY_HEADERS, value=[], interactive=False, wrap=True,
                                          elem_id="history-table",
-                                         column_widths=["6%", "22%", "30%", "10%", "14%", "10%", "8%"])
+                                         column_widths=["4%", "15%", "24%", "10%", "16%", "12%", "9%", "10%"])
     history = gr.State([])
     shown = gr.State(None)
     return ResultsPanel(headline=headline, slider=slider, heatmap=heatmap, heatmap_caption=caption, metrics=metrics,

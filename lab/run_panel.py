@@ -16,9 +16,16 @@ import gradio as gr
 from lab import fields
 from lab.context import ServerContext
 from lab.controls import PRIVATE, SettingsPanel
-from lab.results import VIEW_COUNT, ResultsPanel, add_to_history, history_rows, render, save_report_files
-from lab.sharing import user_error
-from lab.text import escape, log
+from lab.results import (
+    VIEW_COUNT,
+    ResultsPanel,
+    add_to_history,
+    history_rows,
+    render,
+    render_error,
+    save_report_files,
+)
+from lab.text import log
 from optim.config import RunSpec
 from optim.engine import Comparison, compare
 from optim.errors import Cancelled, OptimError
@@ -71,8 +78,9 @@ def execute(ctx: ServerContext, run: RunSpec, preset: Preset, *, progress: Any =
     ctx.resolve(run.model)
     if ctx.zero_gpu:
         return ctx.gpu_runner.compare(run, preset, progress=progress)
-    return compare(run, preset, isolation=ctx.isolation, progress=progress_reporter(progress) if progress is not None else None,
-                   should_stop=should_stop, baseline_cache=ctx.baselines,
+    reporter = progress_reporter(progress) if progress is not None else None
+    return compare(run, preset, isolation=ctx.isolation, progress=reporter, should_stop=should_stop,
+                   baseline_cache=ctx.baselines,
                    allow_local=ctx.limits.allow_local_models, local_roots=ctx.limits.local_model_roots,
                    memory_limit_mb=ctx.limits.max_side_memory_mb)
 
@@ -85,11 +93,16 @@ def cancel_run(ctx: ServerContext, request: Any = None) -> None:
 
 def run_comparison(ctx: ServerContext, values: dict[str, Any], history: list[dict[str, Any]] | None,
                    progress: Any = None, request: Any = None) -> list[Any]:
-    """The Run button: validate, compare both sides, show everything, add it to this session's history."""
+    """The Run button: validate, compare both sides, show everything, add it to this session's history. A run
+    that is refused (bad settings, a server limit, an unknown model) or fails shows why where the result goes,
+    and clears the previous result from view (the History tab keeps it); the server logs one line for a user's
+    mistake and a traceback only for a bug."""
+    keep_history = [gr.skip(), gr.skip()]
     try:
         preset, run = fields.settings_from_values(values, ctx.shipped)
     except OptimError as error:
-        raise user_error(error) from None
+        log.info("refused: %s", error)
+        return render_error(str(error)) + keep_history
     session = session_of(request)
     flag = ctx.active.start(session)
     try:
@@ -103,13 +116,15 @@ def run_comparison(ctx: ServerContext, values: dict[str, Any], history: list[dic
         gr.Info("The comparison was cancelled.")
         return [gr.skip()] * (VIEW_COUNT + 2)  # every view, the history and its table
     except OptimError as error:
-        raise user_error(error) from None
-    except gr.Error:
-        raise
+        log.info("refused: %s", error)
+        return render_error(str(error)) + keep_history
+    except gr.Error as error:  # from ZeroGPU's GPU function (a quota, a worker error): already a message
+        log.info("refused: %s", error.message)
+        return render_error(str(error.message)) + keep_history
     except Exception as error:  # noqa: BLE001 - a bug: say so plainly, keep serving
         log.exception("comparison failed")
-        raise gr.Error(escape(f"Unexpected error ({type(error).__name__}: {error}). The app is still running; "
-                              "please report this with your settings (the share link)."), duration=None) from None
+        return render_error(f"Unexpected error ({type(error).__name__}: {error}). The app is still running; please "
+                            "report this with your settings (the share link).", bug=True) + keep_history
     finally:
         ctx.active.finish(session, flag)
     entry, history = add_to_history(history, comparison, files)

@@ -7,6 +7,7 @@ GRADIO_SERVER_NAME and GRADIO_SERVER_PORT choose where it listens (0.0.0.0:7860 
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import sys
@@ -15,9 +16,20 @@ from optim.logs import quiet_libraries
 from optim.machine import steady_threads
 
 
+def log_to_terminal() -> None:
+    """The app's own log lines (a user's refused input: one line; a bug: its traceback) on stderr."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
+    logger = logging.getLogger("optim")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+
+
 def main() -> None:
     steady_threads()
     quiet_libraries()
+    log_to_terminal()
     from lab.context import ServerContext
     from lab.layout import LAUNCH_KWARGS, build_demo
     from optim.worker import launcher

@@ -44,9 +44,13 @@ class SharingPanel:
     saved: Any  # gr.BrowserState: {preset name: preset JSON}
 
 
-def user_error(error: BaseException) -> gr.Error:
-    """The engine's complete message as a dialog (escaped for the page)."""
-    return gr.Error(escape(str(error)), duration=None)
+def user_error(error: BaseException | str, *, for_page: bool = True) -> gr.Error:
+    """A user's mistake (bad settings, an unknown model, a server limit) as a dialog on the page or an error for an
+    API client: the engine's complete message, and one line in the server's log (no traceback: that is kept for
+    the app's own bugs)."""
+    message = str(error)
+    log.info("refused: %s", message)
+    return gr.Error(escape(message) if for_page else message, duration=None, print_exception=False)
 
 
 def default_values(ctx: ServerContext) -> dict[str, Any]:
@@ -157,10 +161,13 @@ def restore_from_link(ctx: ServerContext, token: str | None) -> tuple[dict[str, 
 def on_page_load(ctx: ServerContext, saved: Any, request: gr.Request | None) -> list[Any]:
     """Page opened: restore a share link (?s=...) if there is one, and list the presets saved in this browser."""
     params = dict(getattr(request, "query_params", None) or {})
+    names = gr.update(choices=saved_names(saved), value=None)
+    if not params.get(QUERY_PARAMETER):  # the page already shows the defaults: leave what the user typed since
+        return no_change() + [names]
     values, shipped = restore_from_link(ctx, params.get(QUERY_PARAMETER))
     if shipped is None and values == default_values(ctx):  # no link, or a bad one: the defaults are the baseline
         shipped = ctx.default_preset.name
-    return fill(ctx, values, shipped=shipped) + [gr.update(choices=saved_names(saved), value=None)]
+    return fill(ctx, values, shipped=shipped) + [names]
 
 
 # ----------------------------------------------------------------------------- presets in the browser
@@ -178,7 +185,7 @@ def save_to_browser(ctx: ServerContext, values: dict[str, Any], saved: Any) -> t
         raise user_error(error) from None
     saved = dict(saved) if isinstance(saved, dict) else {}
     if preset.name not in saved and len(saved) >= MAX_SAVED_PRESETS:
-        raise gr.Error(f"{MAX_SAVED_PRESETS} presets are saved in this browser already: delete one first")
+        raise user_error(f"{MAX_SAVED_PRESETS} presets are saved in this browser already: delete one first")
     saved[preset.name] = preset_to_json(preset)
     gr.Info(escape(f"Saved '{preset.name}' in this browser."))
     return saved, gr.update(choices=saved_names(saved), value=preset.name)
@@ -193,6 +200,7 @@ def load_from_browser(ctx: ServerContext, name: str | None, saved: Any, values: 
     except OptimError as error:
         warn(f"The saved preset could not be loaded (edited by hand?): {error}")
         return no_change()
+    gr.Info(escape(f"Loaded '{name}': its optimizations are in the controls (the model and prompt stay)."))
     return fill(ctx, values_for(ctx, preset, current_run(values)), shipped=ctx.matching_shipped(preset))
 
 
@@ -222,7 +230,8 @@ def build_sharing(ctx: ServerContext, defaults: dict[str, Any], controls: dict[s
                                "opening it restores every control.", buttons=["copy"], interactive=False,
                                elem_id="share-link")
         export_file = gr.File(label="Preset file", visible=False, interactive=False, elem_id="export-file")
-        export_code = gr.Code(label="Preset JSON", language="json", visible=False, interactive=False)
+        export_code = gr.Code(label="Preset JSON", language="json", visible=False, interactive=False,
+                              wrap_lines=True)
         upload = gr.File(label="Load a preset JSON file", file_types=[".json"], type="filepath", height=110,
                          elem_id="preset-upload")
         saved_picker = gr.Dropdown([], label="My presets", info="Kept in this browser: they survive a reload.",

@@ -17,6 +17,12 @@ from typing import Any, Callable
 
 import gradio as gr
 
+from lab import fields
+from lab.context import ServerContext
+from lab.controls import PRIVATE, SettingsPanel, fill
+from lab.run_panel import GPU_QUEUE, session_of
+from lab.sharing import user_error, values_for
+from lab.text import escape, log
 from optim.config import CACHE_VARIANTS, parse_optim
 from optim.errors import ConfigError, OptimError
 from optim.presets import make_preset
@@ -32,13 +38,6 @@ from optim.sweep import (
     shipped_spaces,
 )
 from optim.tune import parse_budget, tune
-
-from lab import fields
-from lab.context import ServerContext
-from lab.controls import PRIVATE, SettingsPanel, fill
-from lab.run_panel import GPU_QUEUE, session_of
-from lab.sharing import user_error, values_for
-from lab.text import escape, log
 
 TABLE_HEADERS = ["#", "configuration", "speedup (95% CI)", "verdict", "work", "SSIM worst", "PSNR worst", "status"]
 CUSTOM_SPACE = "custom (edit below)"
@@ -255,7 +254,8 @@ def build_sweep_panel(ctx: ServerContext) -> SweepPanel:
                     vary_points = gr.Number(6, label="points", precision=0, minimum=2, maximum=50, min_width=90)
                 build_button = gr.Button("Build space", size="sm")
             space_code = gr.Code(_space_text("fbc-threshold"), language="json", label="Space (JSON)",
-                                 elem_id="sweep-space-json", interactive=True, max_lines=18)
+                                 elem_id="sweep-space-json", interactive=True, max_lines=18,
+                                 wrap_lines=True)
             with gr.Row():
                 prompt_set = gr.Dropdown(shipped_prompt_sets(), value="embedded", label="Prompt set",
                                          elem_id="sweep-prompts")
@@ -356,7 +356,7 @@ def wire_sweep_api(ctx: ServerContext) -> None:
     def prepare(space: str, prompts: str, model: str, steps: float | None, seeds: str) -> tuple:
         chosen_space = api_space(space)
         run = parse_run({**chosen_space.run, "model": (model or "").strip() or EMBEDDED_MODEL,
-                         **({"steps": int(steps)} if steps else {})})
+                         **({"steps": steps} if steps not in (None, "") else {})})
         check_run(run, ctx.limits)
         prompt_set = api_prompts(prompts, run.model)
         seed_list = [int(s) for s in (seeds or "0").split(",") if s.strip()]
@@ -388,7 +388,7 @@ def wire_sweep_api(ctx: ServerContext) -> None:
                           max_points=ctx.limits.max_sweep_points, max_seconds=ctx.limits.max_sweep_seconds)
             return json.loads((folder / "sweep.json").read_text())
         except OptimError as error:
-            raise gr.Error(str(error), duration=None) from None
+            raise user_error(error, for_page=False) from None
 
     def tune_api(floor: str, space: str = "tune-caches", prompts: str = "", model: str = EMBEDDED_MODEL,
                  steps: float | None = None, seeds: str = "0", budget: str = "5m") -> dict:
@@ -417,12 +417,12 @@ def wire_sweep_api(ctx: ServerContext) -> None:
             return {"preset": tuned.read_text() if tuned.is_file() else None, "best": result.best,
                     "rows": result.rows, "strategy": result.strategy, "evaluations": result.evaluations}
         except OptimError as error:
-            raise gr.Error(str(error), duration=None) from None
+            raise user_error(error, for_page=False) from None
 
     with gr.Column(visible=False):
-        sweep_inputs = [gr.Textbox(label="space"), gr.Textbox(label="prompts"), gr.Textbox(EMBEDDED_MODEL, label="model"),
-                        gr.Number(None, label="steps", precision=0), gr.Textbox("0", label="seeds"),
-                        gr.Textbox("ssim_worst", label="quality")]
+        sweep_inputs = [gr.Textbox(label="space"), gr.Textbox(label="prompts"),
+                        gr.Textbox(EMBEDDED_MODEL, label="model"), gr.Number(None, label="steps", precision=0),
+                        gr.Textbox("0", label="seeds"), gr.Textbox("ssim_worst", label="quality")]
         tune_inputs = [gr.Textbox(label="floor"), gr.Textbox("tune-caches", label="space"), gr.Textbox(label="prompts"),
                        gr.Textbox(EMBEDDED_MODEL, label="model"), gr.Number(None, label="steps", precision=0),
                        gr.Textbox("0", label="seeds"), gr.Textbox("5m", label="budget")]

@@ -22,6 +22,7 @@ from optim.limits import check_run
 from optim.models import EMBEDDED_VIDEO_MODEL, POPULAR_MODELS, TINY_NOTE, TINY_PREFIX
 from optim.report import fmt_mb, fmt_s, runs_text, summary_rows
 from optim.report_model import Report
+from optim.stats import NEGLIGIBLE
 from optim.synthetic import SYNTHETIC_MODELS
 
 log = logging.getLogger("optim.app")
@@ -45,12 +46,21 @@ def _md_inline(text: str) -> str:
 
 
 def describe_optim(optim: OptimConfig) -> list[str]:
-    """What the optimized side changes, one short phrase per technique."""
+    """What the optimized side changes, one short phrase per technique it turns on, with every setting of that
+    technique (a setting at its default is listed too: it still applies)."""
+    full = optim.model_dump(mode="json")
     parts = []
-    for section, settings in minimal_dict(optim).items():
-        details = ", ".join(f"{k}={v if isinstance(v, str) else json.dumps(v)}" for k, v in settings.items())
+    for section in minimal_dict(optim):
+        settings = full[section] if isinstance(full[section], dict) else {section: full[section]}
+        details = ", ".join(f"{k}={_setting(v)}" for k, v in settings.items())
         parts.append(f"**{section}** {details}")
     return parts
+
+
+def _setting(value: Any) -> str:
+    if value is None:
+        return "auto"
+    return value if isinstance(value, str) else json.dumps(value)
 
 
 def settings_summary(ctx: ServerContext, values: dict[str, Any]) -> str:
@@ -132,7 +142,7 @@ def model_note(ctx: ServerContext, model: str) -> str:
 # ------------------------------------------------------------------------------------------- results
 
 
-HISTORY_HEADERS = ["#", "preset", "run", "speedup", "verdict", "memory", "PSNR", "work"]
+HISTORY_HEADERS = ["#", "preset", "run", "speedup (95% CI)", "verdict", "memory", "PSNR", "work"]
 
 
 def history_rows(history: list[dict[str, Any]]) -> list[list[Any]]:
@@ -145,13 +155,20 @@ def history_rows(history: list[dict[str, Any]]) -> list[list[Any]]:
             r.preset.name,
             f"{run['model']} · {plural(run['steps'], 'step')} · {run['width']}×{run['height']} · seed {run['seed']} "
             f"· {entry['time']}",
-            f"{r.speedup:.2f}×",
+            _speedup_with_interval(r),
             r.verdict,
             f"{fmt_mb(r.baseline.peak_memory_mb)} → {fmt_mb(r.optimized.peak_memory_mb)}",
             "identical" if quality.psnr_db is None else f"{quality.psnr_db:.1f} dB",
             f"{r.optimized.work_fraction:.0%}",
         ])
     return rows
+
+
+def _speedup_with_interval(report: Report) -> str:
+    interval = report.timing.speedup
+    if interval.low is None:
+        return f"{report.speedup:.2f}× (one run: no interval)"
+    return f"{report.speedup:.2f}× ({interval.low:.2f}–{interval.high:.2f})"
 
 
 def plural(count: int, word: str) -> str:
@@ -179,6 +196,14 @@ VERDICT_WORDS = {
     "no measurable difference": "no measurable difference",
     "too few runs": "too few runs to tell",
 }
+
+
+def error_html(message: str, *, bug: bool = False) -> str:
+    """The headline of a run that did not complete: why, and that nothing on screen is its result."""
+    title = "The comparison failed" if bug else "Not run"
+    return (f"<div class='lab-empty lab-error' role='alert'><b>{title}:</b> {escape(message)}<br>"
+            "<span class='lab-note'>Fix the setting and press Run again; earlier results are in the History tab."
+            "</span></div>")
 
 
 def headline_html(report: Report) -> str:
@@ -258,7 +283,8 @@ def details_markdown(report: Report) -> str:
         "",
         "### How sure",
         f"**{timing.speedup.text}.** Timed runs: {runs_text(report)}; {timing.order}. The interval is a "
-        f"{timing.speedup.method}; differences under 2% are not called faster or slower. "
+        f"{timing.speedup.method}; a side is called faster or slower only when the whole interval is more than "
+        f"{NEGLIGIBLE:.0%} from 1.0 (two identical processes can differ by that much). "
         f"{threads.get('torch_threads', '?')} torch threads, OpenMP wait policy "
         f"{threads.get('omp_wait_policy', '?')}.",
     ]

@@ -275,7 +275,9 @@ class PyramidAttentionBroadcast(Settings):
     @model_validator(mode="after")
     def _ranges(self) -> PyramidAttentionBroadcast:
         for kind in ("spatial", "temporal", "cross"):
-            _check_range(getattr(self, f"{kind}_attention_timestep_skip_range"), f"{kind}_attention_timestep_skip_range")
+            _check_range(
+                getattr(self, f"{kind}_attention_timestep_skip_range"), f"{kind}_attention_timestep_skip_range"
+            )
         if not any(
             getattr(self, f"{kind}_attention_block_skip_range") for kind in ("spatial", "temporal", "cross")
         ):
@@ -333,6 +335,13 @@ class FasterCache(Settings):
             "unconditional_batch_timestep_skip_range",
         ):
             _check_range(getattr(self, name), name)
+        for name in ("spatial_attention_timestep_skip_range", "temporal_attention_timestep_skip_range"):
+            value = getattr(self, name)
+            # diffusers' FasterCache skips attention on its first call when the first timestep (999, or 1000 for
+            # flow matching) is in range, before anything is cached: TypeError 'NoneType' is not subscriptable.
+            if value is not None and value[1] > 999:
+                raise ValueError(f"{name} must end at 999 or below, got {list(value)}: the first step (timestep "
+                                 "999-1000) must be computed in full, FasterCache has nothing to reuse yet")
         return self
 
 
@@ -689,7 +698,11 @@ def _clean_loc(loc: tuple[Any, ...]) -> list[Any]:
         if part in _DISCRIMINATORS:
             skip_next = True
     # Constraint errors on `X | None` fields end in a type name such as 'constrained-int'.
-    return [part for part in out if not (isinstance(part, str) and ("-" in part and part.startswith(("constrained", "function"))))]
+    return [
+        part
+        for part in out
+        if not (isinstance(part, str) and ("-" in part and part.startswith(("constrained", "function"))))
+    ]
 
 
 def _lookup(data: Any, loc: list[Any]) -> Any:
@@ -721,13 +734,19 @@ def _explain(item: dict[str, Any], loc: list[Any], data: Any, root: type[BaseMod
         return f"missing '{tag}' (it picks the kind of setting)"
     if kind == "literal_error":
         return f"{_show(value)} is not allowed; allowed: {ctx.get('expected', '')}"
-    if kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal", "multiple_of"):
+    if kind == "multiple_of":
+        step = ctx.get("multiple_of")
+        if isinstance(value, int) and isinstance(step, int) and step > 0:
+            below, above = value // step * step, (value // step + 1) * step
+            nearest = f"{above}" if below < step else f"{below} or {above}"
+            return f"{value} is not a multiple of {step}; use {nearest}"
+        return f"{_show(value)} must be a multiple of {step}"
+    if kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
         bound = {
             "greater_than": f"> {ctx.get('gt')}",
             "greater_than_equal": f">= {ctx.get('ge')}",
             "less_than": f"< {ctx.get('lt')}",
             "less_than_equal": f"<= {ctx.get('le')}",
-            "multiple_of": f"a multiple of {ctx.get('multiple_of')}",
         }[kind]
         return f"{_show(value)} is out of range; it must be {bound}"
     if kind == "missing":

@@ -9,9 +9,15 @@ from PIL import Image
 
 
 @pytest.fixture(scope="module")
-def server_url(tmp_path_factory):
-    with app_server(tmp_path_factory.mktemp("server")) as (url, _process):
-        yield url
+def server(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("server")
+    with app_server(folder) as (url, _process):
+        yield url, folder / "app.log"
+
+
+@pytest.fixture(scope="module")
+def server_url(server):
+    return server[0]
 
 
 @pytest.fixture(scope="module")
@@ -64,14 +70,26 @@ def test_compare_returns_the_full_report_and_lossless_images(client):
     assert np.abs(images["baseline"] - images["optimized"]).max() == quality["max_abs_diff"]
 
 
-def test_a_bad_request_gets_the_engines_message(client):
+def test_a_bad_request_gets_the_engines_message_and_the_server_logs_one_line(client, server):
+    """A user's mistake is not a server error: the client gets the engine's message; the server's terminal gets
+    one line per mistake, no traceback (issue: every bad input printed a full Python traceback)."""
     from gradio_client.exceptions import AppError
 
+    log = server[1]
+    before = log.read_text()
     with pytest.raises(AppError, match="threshold"):
         client.predict('{"schema_version": 1, "name": "x", "optim": {"cache": {"method": "first_block_cache", '
                        '"threshold": 7}}}', "embedded", "", 0, 4, 128, 128, None, 1, api_name="/compare")
     with pytest.raises(AppError, match="more than this server allows"):
         client.predict("baseline", "embedded", "", 0, 450, 128, 128, None, 1, api_name="/compare")
+    with pytest.raises(AppError, match="0 is out of range"):
+        client.predict("baseline", "embedded", "", 0, 0, 128, 128, None, 1, api_name="/compare")
+    with pytest.raises(AppError, match="77 is not a multiple of 16; use 64 or 80"):
+        client.predict("baseline", "embedded", "", 0, 4, 77, 128, None, 1, api_name="/compare")
+    new = log.read_text()[len(before):]
+    assert "Traceback" not in new, new
+    refused = [line for line in new.splitlines() if "refused:" in line]
+    assert len(refused) == 4, new
 
 
 def test_a_stopped_server_deletes_its_files(tmp_path):

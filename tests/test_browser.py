@@ -248,3 +248,42 @@ def test_a_small_sweep_runs_in_the_app_and_a_point_loads_into_the_controls(serve
     page.wait_for_function(
         "(id) => document.querySelector(`#${id} input`)?.value === '0.45'",
         arg=elem_id("cache.first_block_cache.threshold"), timeout=30_000)
+
+
+def test_what_the_user_typed_is_kept_or_refused_never_silently_changed(server_url, page, context):
+    """Issues: steps 0 was clamped to 1 and ran; typing a model id overwrote the prompt; the summary kept saying
+    "20 steps". Now: the box keeps 0, the summary and Run say why it cannot run; a new model keeps the typed prompt
+    and the button sets the model's own."""
+    from lab.controls import elem_id
+    from lab.sharing import default_values
+
+    page.goto(server_url, wait_until="domcontentloaded")
+    page.wait_for_function(
+        "([id, text]) => { const el = document.querySelector(`#${id} input, #${id} textarea`); "
+        "return el && el.value === text; }",
+        arg=[elem_id("run.prompt"), default_values(context)["run.prompt"]], timeout=60_000,
+    )
+    steps = control(page, "run.steps").locator("input[type=number]").first
+    steps.fill("0")
+    steps.press("Enter")
+    summary = page.locator("#settings-summary")
+    summary.get_by_text("0 is out of range").wait_for(timeout=30_000)
+    assert "Cannot run" in summary.inner_text()
+    page.locator("#run-button").click()
+    headline = page.locator("#headline")
+    headline.get_by_text("Not run").wait_for(timeout=30_000)
+    assert "run.steps: 0 is out of range" in headline.inner_text()
+    assert steps.input_value() == "0"  # not clamped to 1
+    assert page.locator("#image-slider img").count() == 0
+
+    type_into(page, "run.prompt", "my own prompt")
+    model = control(page, "run.model").locator("input").first
+    model.fill("synthetic:flux-schnell")
+    model.press("Enter")
+    page.get_by_text("Kept what you set in Prompt").first.wait_for(timeout=30_000)
+    assert input_value(page, "run.prompt") == "my own prompt"
+    page.locator("#recommended-button").click()
+    page.wait_for_function(
+        "(id) => (document.querySelector(`#${id} textarea`)?.value || '') !== 'my own prompt'",
+        arg=elem_id("run.prompt"), timeout=30_000)
+    assert input_value(page, "run.steps") == "4"

@@ -51,7 +51,7 @@ def test_bad_optim_settings_name_field_value_and_allowed(data, expected):
     ("data", "expected"),
     [
         ({"steps": 0}, "run.steps: 0 is out of range; it must be >= 1"),
-        ({"width": 100}, "run.width: 100 is out of range; it must be a multiple of 16"),
+        ({"width": 100}, "run.width: 100 is not a multiple of 16; use 96 or 112"),
         ({"seed": "1"}, "run.seed: '1'"),
         ({"modle": "x"}, "run.modle: unknown field (did you mean 'model'?)"),
         ({"warmup_runs": 0}, "run.warmup_runs: 0 is out of range; it must be >= 1"),
@@ -106,3 +106,13 @@ def test_config_does_not_import_torch():
     code = "import sys, optim.config, optim.presets; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == "False"
+
+
+def test_faster_cache_must_compute_the_first_step():
+    """diffusers' FasterCache reuses attention on its first call when the first timestep (999 or 1000) is in its
+    skip range, before anything is cached (TypeError: 'NoneType' object is not subscriptable, seen on CogVideoX):
+    refused with the fix; 999 is the largest end that keeps the first step computed."""
+    for name in ("spatial_attention_timestep_skip_range", "temporal_attention_timestep_skip_range"):
+        with pytest.raises(ConfigError, match=f"{name} must end at 999 or below"):
+            parse_optim({"cache": {"method": "faster_cache", name: [-1, 1000]}})
+        parse_optim({"cache": {"method": "faster_cache", name: [-1, 999]}})

@@ -68,10 +68,9 @@ def test_an_engine_error_inside_the_gpu_function_reaches_the_user_with_its_messa
     ctx, spaces = zero_gpu
     monkeypatch.setenv("OPTIM_FAULT_INJECTION", "1")
     values = _values(ctx, "first-block-cache", **{"run.prompt": "a red circle [fault:raise@optimized]"})
-    with pytest.raises(gr.Error) as raised:
-        run_panel.run_comparison(ctx, values, [])
-    assert "injected fault: a kernel failed at run time" in str(raised.value)
-    assert "ZeroGPU worker error" not in str(raised.value) and spaces.calls == 1
+    headline = run_panel.run_comparison(ctx, values, [])[0]  # shown where the result goes
+    assert "Not run" in headline and "injected fault: a kernel failed at run time" in headline
+    assert "ZeroGPU worker error" not in headline and spaces.calls == 1
 
 
 @pytest.mark.parametrize("changes", [
@@ -81,8 +80,7 @@ def test_an_engine_error_inside_the_gpu_function_reaches_the_user_with_its_messa
 ])
 def test_refusals_are_made_before_entering_the_gpu_function(zero_gpu, changes):
     ctx, spaces = zero_gpu
-    with pytest.raises(gr.Error):
-        run_panel.run_comparison(ctx, _values(ctx, "baseline", **changes), [])
+    assert "Not run" in run_panel.run_comparison(ctx, _values(ctx, "baseline", **changes), [])[0]
     assert spaces.calls == 0, "a refusal must not spend GPU quota"
 
 
