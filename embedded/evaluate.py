@@ -1,6 +1,7 @@
-"""Check a trained tiny-flux folder: colour accuracy over many prompts/seeds, speed, First Block Cache.
+"""Check a trained tiny-flux folder: colour accuracy over many prompts/seeds, speed, First Block Cache, and how well
+the drawn shapes separate (IoU with the caption's shape against the other two shapes).
 
-    python -m embedded.evaluate --model assets/tiny-flux [--prompts 120] [--seeds 2] [--cache]
+    python -m embedded.evaluate --model assets/tiny-flux [--prompts 120] [--seeds 2] [--cache] [--shapes]
 """
 
 from __future__ import annotations
@@ -55,6 +56,34 @@ def accuracy(pipe, d, prompts, seeds, cfg=None) -> dict:
     }
 
 
+def shape_separation(pipe, d, prompts, seeds, cfg=None) -> dict:
+    """For images whose colours are right (`dataset.judge_image`): the IoU of what was drawn with the caption's
+    shape, the best IoU with another shape at the same size and position (`dataset.shape_ious`), their margin, and
+    the images another shape matches better."""
+    rows = []
+    for p in prompts:
+        shape = dataset.parse_caption(p).shape
+        for s in seeds:
+            image = run(pipe, d, p, s, cfg)
+            judged = dataset.judge_image(p, image)
+            if not (judged["shape_ok"] and judged["background_ok"]):
+                continue
+            ious = dataset.shape_ious(p, image)
+            other = max(v for k, v in ious.items() if k != shape)
+            rows.append({"prompt": p, "seed": s, "ious": ious, "right": ious[shape], "other": other,
+                         "margin": ious[shape] - other})
+    nan = float("nan")
+    return {
+        "n": len(rows),
+        "right_iou_min": min((r["right"] for r in rows), default=nan),
+        "other_iou_max": max((r["other"] for r in rows), default=nan),
+        "margin_min": min((r["margin"] for r in rows), default=nan),
+        "margin_p5": float(np.percentile([r["margin"] for r in rows], 5)) if rows else nan,
+        "misdrawn": [f"{r['prompt']} (seed {r['seed']}): {r['ious']}" for r in rows if r["margin"] <= 0],
+        "rows": rows,
+    }
+
+
 def timing(pipe, d, repeats: int = 10) -> float:
     run(pipe, d, d["prompt"], 0)  # warm-up
     t = time.perf_counter()
@@ -100,6 +129,7 @@ def main(argv=None):
     ap.add_argument("--seeds", type=int, default=2)
     ap.add_argument("--cfg", default=None, help="comma-separated true-CFG scales (default: lab default)")
     ap.add_argument("--cache", action="store_true")
+    ap.add_argument("--shapes", action="store_true", help="IoU with the caption's shape against the other shapes")
     ap.add_argument("--no-timing", action="store_true")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args(argv)
@@ -116,6 +146,13 @@ def main(argv=None):
               f"shape {r['shape_ok']:.3f} both {r['both_ok']:.3f}")
         for f in r["failures"][:15]:
             print("   ", f)
+    if args.shapes:
+        r = shape_separation(pipe, d, prompts, range(args.seeds))
+        print(f"shapes (n={r['n']} images with the right colours): IoU with the caption's shape min "
+              f"{r['right_iou_min']:.3f}; best IoU with another shape max {r['other_iou_max']:.3f}; margin min "
+              f"{r['margin_min']:.3f} (5th percentile {r['margin_p5']:.3f})")
+        for f in r["misdrawn"][:15]:
+            print("    another shape matches better:", f)
     if args.cache:
         plain = [p for p in prompts if " at the " not in p][:4]
         for row in cache_check(pipe, d, prompts=plain):

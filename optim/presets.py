@@ -45,6 +45,8 @@ def parse_preset(data: Any, *, where: str = "preset") -> Preset:
     if not isinstance(data, dict):
         raise ConfigError(f"{where}: expected a JSON object, got {type(data).__name__}")
     version = data.get("schema_version")
+    if isinstance(version, bool):  # True == 1 in Python, so the Literal[1] below would take it
+        raise ConfigError(f"{where}.schema_version: {str(version).lower()} is not a version; write {SCHEMA_VERSION}")
     if version is not None and version != SCHEMA_VERSION and isinstance(version, int):
         raise ConfigError(
             f"{where}.schema_version: {version} is not supported; this version of the app reads schema_version "
@@ -140,7 +142,9 @@ def load_json(text: str | bytes, *, where: str, max_bytes: int) -> Any:
     try:
         return json.loads(text, parse_constant=_reject_constant, object_pairs_hook=_no_duplicates)
     except json.JSONDecodeError as error:
-        raise ConfigError(f"{where}: not valid JSON ({error.msg} at line {error.lineno}, column {error.colno})") from None
+        raise ConfigError(
+            f"{where}: not valid JSON ({error.msg} at line {error.lineno}, column {error.colno})"
+        ) from None
     except RecursionError:
         raise ConfigError(f"{where}: JSON nested too deeply") from None
     except _StrictJsonError as error:

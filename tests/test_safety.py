@@ -60,11 +60,21 @@ def test_pickle_weights_are_never_loaded(model_copy):
     assert not marker.exists(), "a pickle file was unpickled"
 
 
-@pytest.mark.parametrize("name", ["../../etc", "/etc", "~/.ssh", "./assets"])
-def test_folders_are_refused_on_a_public_server(name):
-    limits = Limits.from_env({"OPTIM_PUBLIC": "1"})
-    with pytest.raises(ModelError, match="local folders are disabled on this server|does not exist|model_index"):
-        check_run(RunSpec(model=name), limits)
+PUBLIC_SERVERS = [{"OPTIM_PUBLIC": "1"}, {"SPACE_ID": "someone/lab"}]
+
+
+@pytest.mark.parametrize("env", PUBLIC_SERVERS, ids=["OPTIM_PUBLIC", "SPACE_ID"])
+def test_folders_are_refused_on_a_public_server(env):
+    """A real pipeline folder (one that loads on a private server) is refused in public mode, and so is any
+    path-like name, before the folder is even looked at (the refusal is the public-mode message, not a missing
+    folder or a missing model_index.json)."""
+    folder = str(EMBEDDED_PATH)  # a complete diffusers pipeline folder, given as a path
+    assert (EMBEDDED_PATH / "model_index.json").is_file()
+    check_run(RunSpec(model=folder), Limits.from_env({}))  # a private server accepts it
+    public = Limits.from_env(env)
+    for name in (folder, "../../etc", "/etc", "~/.ssh", "./assets", "./no-such-folder"):
+        with pytest.raises(ModelError, match=r"local folders are disabled on this server"):
+            check_run(RunSpec(model=name), public)
 
 
 def test_folders_outside_the_allowed_roots_are_refused(tmp_path, model_copy):
@@ -92,8 +102,10 @@ def test_request_limits_are_enforced_and_configurable():
         check_run(RunSpec(steps=200), public)
     with pytest.raises(ConfigError, match="2048x2048 is more than this server allows"):
         check_run(RunSpec(width=2048, height=2048), public)
-    with pytest.raises(ConfigError, match="run.timed_runs: 10"):
-        check_run(RunSpec(timed_runs=10), public)
+    too_many = public.max_timed_runs + 1
+    with pytest.raises(ConfigError, match=f"run.timed_runs: {too_many} is more than this server allows"):
+        check_run(RunSpec(timed_runs=too_many), public)
+    check_run(RunSpec(timed_runs=public.max_timed_runs), public)
     roomy = Limits.from_env({"OPTIM_PUBLIC": "1", "OPTIM_MAX_STEPS": "300"})
     check_run(RunSpec(steps=200), roomy)
     with pytest.raises(ConfigError, match="OPTIM_MAX_STEPS='lots' must be a whole number"):
