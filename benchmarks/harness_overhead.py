@@ -98,7 +98,8 @@ def same_process(model: str, steps: int, runs: int) -> dict[str, list[float]]:
 
 
 def in_fresh_process(kind: str, args: argparse.Namespace) -> Any:
-    command = [sys.executable, __file__, "--child", kind, "--model", args.model, "--steps", str(args.steps), "--runs", str(args.runs)]
+    command = [sys.executable, __file__, "--child", kind, "--model", args.model,
+               "--steps", str(args.steps), "--runs", str(args.runs)]
     out = subprocess.run(command, capture_output=True, text=True, check=True, cwd=ROOT).stdout
     return json.loads(out.strip().splitlines()[-1])
 
@@ -136,7 +137,8 @@ def main() -> None:
     print(f"2. fresh processes, {args.rounds} interleaved rounds ({len(results['bare'])} bare, "
           f"{len(results['engine'])} engine runs): bare median {bare_median:.4f} s (min {min(results['bare']):.4f}), "
           f"engine median {engine_median:.4f} s (min {min(results['engine']):.4f}), engine / bare "
-          f"{ratio:.4f} ({(ratio - 1) * 100:+.2f}%) by medians, {min_ratio:.4f} ({(min_ratio - 1) * 100:+.2f}%) by minima")
+          f"{ratio:.4f} ({(ratio - 1) * 100:+.2f}%) by medians, "
+          f"{min_ratio:.4f} ({(min_ratio - 1) * 100:+.2f}%) by minima")
     print(f"model {args.model}, {args.steps} steps; target: engine / bare < 1.03")
 
 

@@ -69,10 +69,13 @@ def before(run: dict[str, Any], runs: int) -> float:
 
 
 def after(run: dict[str, Any], runs: int | str, budget: float) -> dict[str, Any]:
-    report = compare(parse_run({**run, "timed_runs": runs, "time_budget_s": budget}), load_preset("baseline")).to_report()
+    report = compare(
+        parse_run({**run, "timed_runs": runs, "time_budget_s": budget}), load_preset("baseline")
+    ).to_report()
     timing = report["timing"]
     return {"speedup": report["speedup"], "low": report["speedup_interval"][0], "high": report["speedup_interval"][1],
-            "verdict": report["verdict"], "runs": timing["runs_per_side"], "busy_share": timing["contention"]["busy_share"]}
+            "verdict": report["verdict"], "runs": timing["runs_per_side"],
+            "busy_share": timing["contention"]["busy_share"]}
 
 
 def spread(values: list[float]) -> dict[str, float]:

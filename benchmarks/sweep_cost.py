@@ -76,7 +76,7 @@ def app_cost(repeats: int) -> dict[str, Any]:
                 break
             except OSError:
                 if time.monotonic() > deadline:
-                    raise RuntimeError("the app did not start")
+                    raise RuntimeError("the app did not start") from None
                 time.sleep(1)
         client = Client(url, verbose=False)
         client.predict("baseline", api_name="/compare")  # warm: workers started, the baseline kept loaded

@@ -110,7 +110,9 @@ def check(optim: C.OptimConfig, run: ResolvedRun, model: ModelInfo) -> None:
     # --- each option on its own: can this machine run it?
     attention_reason = caps.reason("attention.backend", optim.attention.backend)
     if attention_reason:
-        raise UnavailableError(f"attention backend {optim.attention.backend!r} is not available here: {attention_reason}")
+        raise UnavailableError(
+            f"attention backend {optim.attention.backend!r} is not available here: {attention_reason}"
+        )
     if not cuda:  # (the attention backend and bitsandbytes have their own, more precise reasons)
         needs = [need for need in cuda_needs(optim) if not need.startswith(("quantization ", "attention."))]
         if needs:
@@ -170,7 +172,11 @@ def check(optim: C.OptimConfig, run: ResolvedRun, model: ModelInfo) -> None:
             raise IncompatibleError(
                 "FasterCache with is_guidance_distilled=false approximates the unconditional branch of a batched "
                 f"classifier-free guidance; {model.pipeline} has none to approximate ("
-                + ("guidance-distilled" if model.guidance == "distilled" else "its guidance branches run as separate calls")
+                + (
+                    "guidance-distilled"
+                    if model.guidance == "distilled"
+                    else "its guidance branches run as separate calls"
+                )
                 + "). Leave is_guidance_distilled unset so only FasterCache's attention reuse applies"
             )
 

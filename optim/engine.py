@@ -530,7 +530,8 @@ def compare(
         baseline_cache.put(key, baseline, baseline_setup)
 
     reuse = ("the baseline's process was kept loaded from an earlier comparison with the same settings: its load, "
-             "probe and warm-up were reused; its timed runs were taken now, in turns with this side") if reused else None
+             "probe and warm-up were reused; its timed runs were taken now, "
+             "in turns with this side") if reused else None
     if progress is not None:
         progress("metrics", 0, 1)
     return Comparison.from_sides(

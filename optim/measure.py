@@ -379,7 +379,9 @@ class Side:
                 torch.cuda.empty_cache()
 
 
-def run_side(job: SideJob, progress: Progress | None = None, should_stop: Callable[[], bool] | None = None) -> SideResult:
+def run_side(
+    job: SideJob, progress: Progress | None = None, should_stop: Callable[[], bool] | None = None
+) -> SideResult:
     """Measure one side on its own, in this process: prepare, `run.timed_runs` timed runs (at least 1, or 3 for
     "auto"), finish, close. Raises `OptimError` subclasses with user-facing messages."""
     side = Side(job, progress, should_stop)
@@ -407,7 +409,9 @@ def counter_step(counter: WorkCounter, on_step: Callable[[int, str], None]) -> C
     return step
 
 
-def _mag_ratios(pipe: Any, cache: C.MagCache, run: ResolvedRun, applied: Applied, on_step: Callable[[int, str], None]) -> list[float]:
+def _mag_ratios(
+    pipe: Any, cache: C.MagCache, run: ResolvedRun, applied: Applied, on_step: Callable[[int, str], None]
+) -> list[float]:
     from optim.techniques.cache import calibrate_mag_ratios, flux_mag_ratios
 
     if cache.mag_ratios == "flux":
@@ -416,7 +420,11 @@ def _mag_ratios(pipe: Any, cache: C.MagCache, run: ResolvedRun, applied: Applied
     if cache.mag_ratios == "calibrate":
         kwargs, _ = call_kwargs(pipe, run)
         ratios = calibrate_mag_ratios(
-            pipe, steps=run.steps, run=lambda: generate(pipe, kwargs, seed=run.seed, device=run.device, on_step=lambda s: on_step(s, "calibrating MagCache"))
+            pipe,
+            steps=run.steps,
+            run=lambda: generate(
+                pipe, kwargs, seed=run.seed, device=run.device, on_step=lambda s: on_step(s, "calibrating MagCache")
+            ),
         )
         applied.add(f"MagCache ratios: calibrated on this model ({len(ratios)} steps, untimed run)")
         return ratios

@@ -50,7 +50,9 @@ def decode_share(token: Any, *, max_chars: int = MAX_TOKEN_CHARS) -> tuple[Prese
     try:
         text = inflater.decompress(raw, MAX_PRESET_BYTES + 1)
     except zlib.error:
-        raise ConfigError("share link: the token is damaged (cannot be decompressed); was the link cut short?") from None
+        raise ConfigError(
+            "share link: the token is damaged (cannot be decompressed); was the link cut short?"
+        ) from None
     if len(text) > MAX_PRESET_BYTES or inflater.unconsumed_tail:
         raise ConfigError(f"share link: the settings are larger than {MAX_PRESET_BYTES} bytes")
     data = load_json(text, where="share link", max_bytes=MAX_PRESET_BYTES)
@@ -58,7 +60,9 @@ def decode_share(token: Any, *, max_chars: int = MAX_TOKEN_CHARS) -> tuple[Prese
         raise ConfigError("share link: expected a JSON object")
     unknown = set(data) - {"v", "preset", "run"}
     if unknown:
-        raise ConfigError(f"share link: unknown field(s) {', '.join(sorted(map(str, unknown)))}; allowed: v, preset, run")
+        raise ConfigError(
+            f"share link: unknown field(s) {', '.join(sorted(map(str, unknown)))}; allowed: v, preset, run"
+        )
     if data.get("v") != SHARE_VERSION:
         raise ConfigError(f"share link: version {data.get('v')!r} is not supported (this app reads {SHARE_VERSION})")
     preset = parse_preset(data.get("preset"), where="share link preset")

@@ -87,7 +87,7 @@ def _settable_paths() -> dict[str, tuple[type, str]]:
     for section, cls in C.SECTIONS.items():
         for name in cls.model_fields:
             paths[f"{section}.{name}"] = (cls, name)
-    for section, (tag, classes) in C.UNIONS.items():
+    for section, (_tag, classes) in C.UNIONS.items():
         for cls in classes.values():
             for name in cls.model_fields:
                 paths.setdefault(f"{section}.{name}", (cls, name))
@@ -470,7 +470,7 @@ def run_sweep(space: Space, prompts: PromptSet, out: Path, *, run_spec: RunSpec 
     rows = [done[p.id] for p in points if p.id in done]
     try:
         todo = [p for p in points if p.id not in done]
-        for index, point in enumerate(todo):
+        for point in todo:
             if max_seconds is not None and time.perf_counter() - started > max_seconds:
                 break
             if progress is not None:
@@ -518,8 +518,9 @@ def write_sweep(out: Path, space: Space, prompts: PromptSet, run: Any, rows: lis
 
 
 def front_preset(space: Space, row: dict[str, Any], rank: int, quality: str) -> Any:
-    from optim.presets import NAME_PATTERN
     import re
+
+    from optim.presets import NAME_PATTERN
 
     name = re.sub(r"[^a-z0-9._-]+", "-", f"{space.name}-{rank}-{row['label']}".lower()).strip("-._")[:64]
     if not re.match(NAME_PATTERN, name):

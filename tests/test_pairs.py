@@ -12,12 +12,11 @@ from __future__ import annotations
 import itertools
 
 import pytest
+from conftest import ModuleBaselines
 
 from optim.config import parse_optim, parse_run
 from optim.engine import prepare
 from optim.errors import IncompatibleError, UnavailableError
-
-from conftest import ModuleBaselines
 
 # name -> (family, settings, what its applied step starts with)
 TECHNIQUES: dict[str, tuple[str, dict, str]] = {

@@ -11,6 +11,7 @@ import os
 
 import numpy as np
 import pytest
+from conftest import ModuleBaselines
 
 from optim import scratch
 from optim.config import OptimConfig, parse_optim, parse_run
@@ -18,8 +19,6 @@ from optim.engine import compare
 from optim.measure import SideJob, run_side
 from optim.models import load_pipeline, resolve_model, resolve_run
 from optim.techniques import Applied
-
-from conftest import ModuleBaselines
 
 RUN = {"steps": 8, "warmup_runs": 1, "timed_runs": 1}
 

@@ -53,7 +53,8 @@ def apply_dynamo_settings(
         previous = getattr(torch._dynamo.config, name)
         setattr(torch._dynamo.config, name, value)
         applied.add(
-            f"dynamo: {name}={value}", lambda name=name, previous=previous: setattr(torch._dynamo.config, name, previous)
+            f"dynamo: {name}={value}",
+            lambda name=name, previous=previous: setattr(torch._dynamo.config, name, previous),
         )
 
 
@@ -128,7 +129,9 @@ def clone_outputs(function: Any) -> Any:
         if isinstance(value, torch.Tensor):
             return value.clone()
         if isinstance(value, tuple):
-            return type(value)(copy(v) for v in value) if not hasattr(value, "_fields") else type(value)(*map(copy, value))
+            return (
+                type(value)(copy(v) for v in value) if not hasattr(value, "_fields") else type(value)(*map(copy, value))
+            )
         if isinstance(value, list):
             return [copy(v) for v in value]
         if hasattr(value, "to_tuple") and hasattr(value, "keys"):  # diffusers' BaseOutput dataclasses

@@ -19,7 +19,9 @@ from optim.config import OffloadConfig
 from optim.techniques import Applied
 
 
-def apply_offload(pipe: Any, offload: OffloadConfig, applied: Applied, *, device: str, quantization: str = "none") -> None:
+def apply_offload(
+    pipe: Any, offload: OffloadConfig, applied: Applied, *, device: str, quantization: str = "none"
+) -> None:
     import torch
 
     if offload.mode == "none":
