@@ -7,10 +7,20 @@ hypervisor giving the CPU to another guest) comes from /proc/stat too. A run dur
 
 Threads: PyTorch's CPU pool is OpenMP. By default GNU OpenMP threads spin after each parallel region before they
 sleep; with another process on the same cores those spinning threads steal the cores from the threads doing
-work, and a 2x shortage of CPU becomes a many-fold slowdown (FACTS: identical sides read 33.8x). Worker processes
-therefore start with OMP_WAIT_POLICY=PASSIVE (threads sleep at once) and one intra-op thread per core this process
-may run on; the report records both (`environment.threads`). benchmarks/measurement_stability.py measured the
-choice (benchmarks/records/).
+work, and a 2x shortage of CPU becomes a many-fold slowdown (identical sides once read 33.8x). Measured on the
+2-core machine, a bare 20-step run of the embedded model (median of 5, fresh processes; benchmarks/records/
+2026-11-30-thread-settings.md):
+
+    setting                              quiet          with a 2-thread competitor
+    2 threads, OpenMP default (spin)     0.22 s         0.85 s, and 26.9 s in another try
+    2 threads, OMP_WAIT_POLICY=PASSIVE   0.37-0.48 s    0.29-0.68 s
+    1 thread                             0.23-0.25 s    0.31 s
+
+Sleeping threads (PASSIVE) survive contention but pay a wake-up per parallel region, which doubles a small
+model's time on a quiet machine; one thread has neither problem. So worker processes start with
+OMP_WAIT_POLICY=PASSIVE and half the cores they may use as intra-op threads (one on 2 cores): the other half is
+headroom for whatever else the machine runs. Both are in the report (`environment.threads`); set
+OMP_NUM_THREADS to choose otherwise.
 """
 
 from __future__ import annotations
@@ -23,8 +33,6 @@ from typing import Any
 # Another process using this much of a core, on average, during a run makes the run "busy".
 BUSY_CORES = 0.25
 BUSY_STEAL_SHARE = 0.05
-# Set in every worker process before torch is imported (see the module docstring).
-WORKER_ENVIRONMENT = {"OMP_WAIT_POLICY": "PASSIVE"}
 
 
 def available_cores() -> int:
@@ -33,6 +41,15 @@ def available_cores() -> int:
         return max(1, len(os.sched_getaffinity(0)))
     except (AttributeError, OSError):
         return max(1, os.cpu_count() or 1)
+
+
+def worker_threads() -> int:
+    """Intra-op threads of a worker: half the cores this process may use, at least one (see the docstring)."""
+    return max(1, available_cores() // 2)
+
+
+# Set in every worker process before torch is imported (see the module docstring), unless the user set them.
+WORKER_ENVIRONMENT = {"OMP_WAIT_POLICY": "PASSIVE", "OMP_NUM_THREADS": str(worker_threads())}
 
 
 def _proc_stat() -> tuple[float, float] | None:
@@ -106,9 +123,9 @@ def thread_settings() -> dict[str, Any]:
 
 
 def configure_threads() -> None:
-    """In a worker process: one intra-op thread per core it may use (torch's default counts physical cores of
-    the whole machine, which may be more than this container or affinity mask allows)."""
+    """In a worker process: `worker_threads()` intra-op threads unless OMP_NUM_THREADS chose (torch's default
+    counts the physical cores of the whole machine, which may be more than this container may use)."""
     import torch
 
     if not os.environ.get("OMP_NUM_THREADS"):
-        torch.set_num_threads(available_cores())
+        torch.set_num_threads(worker_threads())
