@@ -51,6 +51,7 @@ CSS = """
 .lab-stat-sub { font-size: 0.8rem; opacity: 0.75; }
 .lab-stat.good .lab-stat-value { color: #15803d; }
 .lab-stat.bad .lab-stat-value { color: #c2410c; }
+.lab-stat.unsure .lab-stat-value { opacity: 0.45; }  /* a ratio its interval does not back */
 .lab-badges { display: flex; flex-wrap: wrap; gap: 6px; margin-top: 10px; font-size: 0.8rem; }
 .lab-error { color: #c2410c; border-color: #c2410c !important; text-align: left !important; opacity: 1 !important; }
 .lab-error .lab-note { color: var(--body-text-color); }

@@ -237,7 +237,8 @@ def use_row(ctx: ServerContext, rows: list[dict[str, Any]] | None, values: dict[
 def build_sweep_panel(ctx: ServerContext) -> SweepPanel:
     gr.Markdown("Vary settings over a prompt set and see what each point buys and costs: the speedup (with its "
                 "interval, timed in turns with the baseline) against the worst quality over the prompts. The model "
-                "and run settings are the Compare tab's.", elem_classes="lab-note")
+                "and run settings are the Compare tab's; a point's timed runs stop at 20 s, or sooner at that tab's "
+                "time budget.", elem_classes="lab-note")
     with gr.Row(equal_height=False):
         with gr.Column(scale=1, min_width=420):
             spaces = shipped_spaces()

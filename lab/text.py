@@ -210,10 +210,11 @@ def headline_html(report: Report) -> str:
     """The four numbers people look at first, how sure the speedup is, and what was compared."""
     b, o, q, timing = report.baseline, report.optimized, report.quality, report.timing
     speedup, interval = report.speedup, timing.speedup
-    tone = {"faster": "good", "slower": "bad"}.get(report.verdict, "")
+    # Faster / slower in colour; a ratio whose interval does not back it is greyed, its verdict first.
+    tone = {"faster": "good", "slower": "bad"}.get(report.verdict, "unsure")
     latency = f"{fmt_s(b.latency_s.median)} → {fmt_s(o.latency_s.median)}"
     if interval.low is not None:
-        sure = f"{VERDICT_WORDS[report.verdict]} · 95% CI {interval.low:.2f}–{interval.high:.2f}×"
+        sure = f"<b>{VERDICT_WORDS[report.verdict]}</b> · 95% CI {interval.low:.2f}–{interval.high:.2f}×"
     else:
         sure = "one run per side: no interval (use auto or 3+ runs)"
     memory = timing.memory_saving_mb

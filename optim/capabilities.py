@@ -48,7 +48,7 @@ SEED_BACKENDS: dict[str, str] = {
     "xformers": "xFormers",
 }
 
-GPU_EXTRAS_HINT = "pip install -r requirements-gpu.txt on a CUDA machine"
+GPU_EXTRAS_HINT = "on a CUDA machine: requirements-gpu.txt and docs/GPU.md say how to install it"
 
 
 @dataclass(frozen=True)
@@ -284,7 +284,8 @@ def attention_reason(backend: str, info: DeviceInfo) -> str | None:
         if cuda and sm < 9.0:
             return "FlashAttention-3 needs a Hopper GPU (sm90); use 'flash'"
         if missing:
-            return "FlashAttention-3 (flash_attn_interface) is not installed: build it from source on a Hopper GPU"
+            return ("FlashAttention-3 (the flash_attn_3 package) is not installed: build it from source on a Hopper "
+                    "GPU (docs/GPU.md)")
     for prefix, dist in package.items():
         if backend.lstrip("_").startswith(prefix) and missing:
             return f"{dist} is not installed ({GPU_EXTRAS_HINT}); it needs CUDA"
@@ -401,6 +402,20 @@ def family_support() -> dict[str, tuple[Option, ...]]:
     }
 
 
+def quality_metrics() -> tuple[Option, ...]:
+    """The quality metrics of comparisons and sweeps. Learned ones need weights the lab does not ship and never
+    downloads while it runs, so they are listed with that reason."""
+    never = ("needs pretrained weights ({what}) that the lab does not ship; it never downloads at run time, "
+             "and this version does not compute it")
+    return (
+        Option("psnr", True, note="scikit-image: mean and worst over the prompts (frames for video)"),
+        Option("ssim", True, note="scikit-image: mean and worst over the prompts (frames for video)"),
+        Option("adherence", True, note="the embedded models only: their own judge of colours and shape"),
+        Option("lpips", False, reason=never.format(what="LPIPS' AlexNet/VGG")),
+        Option("clip_score", False, reason=never.format(what="a CLIP model")),
+    )
+
+
 @lru_cache(maxsize=1)
 def detect() -> Capabilities:
     """Everything (cached: the answer does not change while the process runs)."""
@@ -415,6 +430,7 @@ def detect() -> Capabilities:
         "offload.use_stream": _generic("offload.use_stream", C.OffloadConfig, "use_stream", info),
         "compile.mode": compile_modes(info),
         "compile.inductor_mode": inductor_modes(info),
+        "quality.metric": quality_metrics(),
     })
 
 
@@ -428,4 +444,5 @@ SECTION_TITLES = {
     "offload.use_stream": "Group offload on CUDA streams",
     "compile.mode": "torch.compile",
     "compile.inductor_mode": "Inductor modes",
+    "quality.metric": "Quality metrics",
 }

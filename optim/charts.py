@@ -168,6 +168,34 @@ def save_charts(report: Report, directory: Path) -> list[str]:
     return names
 
 
+def _label_points(axes: Any, points: list[tuple[str, float, float, bool]]) -> None:
+    """Label each point where its text overlaps no other label or marker: front points first, each trying a few
+    places around its marker (in display pixels), else the least crowded one."""
+    axes.autoscale_view()
+    to_pixels = axes.transData.transform
+    markers = [to_pixels((x, y)) for _, x, y, _ in points]
+    placed: list[tuple[float, float, float, float]] = [(mx - 4, my - 4, mx + 4, my + 4) for mx, my in markers]
+    scale = axes.figure.dpi / 72  # offsets are in points, boxes in pixels
+    char_w, line_h = 7 * 0.6 * scale, 7 * 1.25 * scale  # fontsize 7, roughly
+    offsets = [(4, 2), (4, -9), (-4, 2), (-4, -9), (4, 8), (-4, 8), (4, -15), (-4, -15)]
+
+    def overlap(box: tuple[float, float, float, float]) -> float:
+        return sum(max(0.0, min(box[2], b[2]) - max(box[0], b[0])) * max(0.0, min(box[3], b[3]) - max(box[1], b[1]))
+                   for b in placed)
+
+    for (text, x, y, on_front), (mx, my) in sorted(zip(points, markers), key=lambda item: not item[0][3]):
+        width = char_w * len(text)
+        choices = []
+        for dx, dy in offsets:
+            left = mx + dx * scale if dx > 0 else mx + dx * scale - width
+            box = (left, my + dy * scale, left + width, my + dy * scale + line_h)
+            choices.append((overlap(box), (dx, dy), box))
+        _, (dx, dy), box = min(choices, key=lambda choice: choice[0])
+        placed.append(box)
+        axes.annotate(text, (x, y), xytext=(dx, dy), textcoords="offset points", fontsize=7,
+                      ha="left" if dx > 0 else "right", alpha=0.9 if on_front else 0.6)
+
+
 def pareto_chart(rows: list[dict[str, Any]], front: list[dict[str, Any]], quality: str, *, title: str = "") -> Figure:
     """A sweep: speedup (with its 95% interval) against a quality metric, each point labelled, the Pareto front
     (points no other beats on both) joined and highlighted, the baseline at (1, best quality) for reference."""
@@ -182,14 +210,13 @@ def pareto_chart(rows: list[dict[str, Any]], front: list[dict[str, Any]], qualit
                       alpha=0.5, linewidth=1.5)
         axes.scatter([row[quality]], [row["speedup"]], s=46 if on_front else 26, zorder=3,
                      color=OPTIMIZED_COLOUR if on_front else BASELINE_COLOUR, edgecolors="black", linewidths=0.5)
-        axes.annotate(row["label"][:34], (row[quality], row["speedup"]), xytext=(4, 3), textcoords="offset points",
-                      fontsize=7, alpha=0.9 if on_front else 0.6)
     if front:
         ordered = sorted(front, key=lambda r: r[quality])
         axes.plot([r[quality] for r in ordered], [r["speedup"] for r in ordered], color=OPTIMIZED_COLOUR,
                   linewidth=1.2, label="Pareto front")
     best = max([row[quality] for row in ok] + [1.0 if quality.startswith("ssim") else 0.0])
     axes.scatter([best], [1.0], marker="*", s=90, color=BASELINE_COLOUR, label="baseline", zorder=4)
+    _label_points(axes, [(row["label"][:40], row[quality], row["speedup"], row["id"] in front_ids) for row in ok])
     axes.axhline(1.0, color=BASELINE_COLOUR, linewidth=0.8, linestyle="--")
     axes.set_xlabel(quality.replace("_", " ") + ("  (higher: closer to the baseline)"))
     axes.set_ylabel("speedup over the baseline (95% CI)")

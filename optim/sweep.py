@@ -261,7 +261,8 @@ class Evaluator:
         self.items = [Item(prompt, seed) for seed in seeds for prompt in prompts.prompts]
         self.progress = progress
         self.should_stop = should_stop
-        self.point_budget_s = point_budget_s
+        # A point never takes more timed runs than a comparison with the same run settings would.
+        self.point_budget_s = min(point_budget_s, self.run.time_budget_s)
         self.target = target
         self.pipeline_s = 0.0  # time spent inside pipeline calls (the cost benchmark's denominator)
         self._baseline = None

@@ -103,7 +103,8 @@ def test_a_stopped_server_deletes_its_files(tmp_path):
 
 
 def test_the_sweep_endpoint_returns_every_row_and_the_front(client):
-    space = '{"name": "api", "base": {"cache": {"method": "first_block_cache"}}, "grid": {"cache.threshold": [0.1, 0.4]}}'
+    space = ('{"name": "api", "base": {"cache": {"method": "first_block_cache"}}, "grid": {"cache.threshold": [0.1, 0.4]}, '
+             '"run": {"time_budget_s": 1}}')
     result = client.predict(space, "a red circle on a blue background", "embedded", 4, "0", "ssim_worst",
                             api_name="/sweep")
     assert [row["status"] for row in result["rows"]] == ["ok", "ok"]

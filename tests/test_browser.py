@@ -223,6 +223,10 @@ def test_a_small_sweep_runs_in_the_app_and_a_point_loads_into_the_controls(serve
     steps = control(page, "run.steps").locator("input[type=number]").first
     steps.fill("4")
     steps.press("Enter")
+    page.get_by_text("More run settings").first.click()
+    budget = control(page, "run.time_budget_s").locator("input[type=number]").first
+    budget.fill("1")  # a point's timed runs stop after a second (a sweep point never exceeds the run's budget)
+    budget.press("Enter")
     page.get_by_role("tab", name="Sweep & tune").click()
     space = ('{"name": "two", "base": {"cache": {"method": "first_block_cache"}}, '
              '"grid": {"cache.threshold": [0.1, 0.45]}}')

@@ -25,7 +25,7 @@ def test_json_shape_and_every_backend_name():
     assert set(caps) == {"device", "options"}
     assert set(caps["options"]) == {"attention.backend", "cache.method", "quantization.backend",
                                     "quantization.torchao.quant_type", "quantization.quanto.weights", "offload.mode",
-                                    "offload.use_stream", "compile.mode", "compile.inductor_mode"}
+                                    "offload.use_stream", "compile.mode", "compile.inductor_mode", "quality.metric"}
     for options in caps["options"].values():
         for option in options:
             assert {"value", "available", "reason"} <= set(option)
@@ -34,6 +34,10 @@ def test_json_shape_and_every_backend_name():
     assert set(SEED_BACKENDS) <= names
     assert set(registered_backends()) <= names
     assert all(o["family"] for o in caps["options"]["attention.backend"])
+    metrics = {o["value"]: o["available"] for o in caps["options"]["quality.metric"]}
+    from optim.sweep import QUALITY_METRICS  # every metric a sweep ranks by is listed as available
+    assert all(metrics[name.split("_")[0]] for name in QUALITY_METRICS)
+    assert metrics["lpips"] is False and metrics["clip_score"] is False  # never downloaded at run time
 
 
 @pytest.mark.skipif(not CPU_ONLY, reason="checks the CPU-only answers")
