@@ -33,6 +33,10 @@ def pytest_configure(config):
     # imported, so torch never sees the GPU in this session.
     if not _gpu_session(config):
         os.environ["CUDA_VISIBLE_DEVICES"] = ""
+    elif getattr(config.option, "dist", "no") != "no":
+        # The GPU suite runs one test at a time (pytest.ini asks for 2 workers for the CPU suite): two full-size
+        # models on one GPU would measure each other. Before pytest-xdist's own configure (it runs last).
+        config.option.dist, config.option.numprocesses = "no", None
 
 
 def _cuda() -> bool:

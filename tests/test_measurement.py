@@ -19,7 +19,11 @@ from optim.stats import NEGLIGIBLE, paired_ratio_interval, unpaired_ratio_interv
 
 REPEATS = 3
 # 20 steps at 64x64: fast runs, and MagCache (the shipped preset) skips about half of them.
-RUN = {"steps": 20, "width": 64, "height": 64, "timed_runs": "auto", "time_budget_s": 8.0}
+# 5 s of timed runs for identical sides (a wider interval only makes "no measurable difference" likelier); up to
+# 20 s for the cache, whose interval must clear the 5% band even when the machine is very busy (the competitor,
+# and the suite's other worker: with 8 s it once read 1.34x, 95% CI 1.03x-1.73x). A quiet machine stops at +-5%.
+RUN = {"steps": 20, "width": 64, "height": 64, "timed_runs": "auto", "time_budget_s": 5.0}
+CACHE_RUN = {**RUN, "time_budget_s": 20.0}
 
 COMPETITOR = """
 import torch
@@ -57,11 +61,11 @@ def test_identical_sides_show_no_measurable_difference_on_a_busy_machine(busy_ma
 def test_a_cache_skipping_half_the_work_is_faster_with_its_interval_above_one(busy_machine):
     seen = []
     for _ in range(REPEATS):
-        report = compare(parse_run(RUN), load_preset("mag-cache")).to_report()
+        report = compare(parse_run(CACHE_RUN), load_preset("mag-cache")).to_report()
         low, high = report["speedup_interval"]
         seen.append((report["speedup"], low, high, report["optimized"]["work_fraction"]))
         assert report["optimized"]["work_fraction"] < 0.7, seen
-        assert report["verdict"] == "faster" and low > 1.0, seen
+        assert report["verdict"] == "faster" and low > 1.0 + NEGLIGIBLE, seen
 
 
 def test_the_statistics():
