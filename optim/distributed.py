@@ -56,9 +56,8 @@ from optim.sweep import (
     Point,
     Space,
     SweepResult,
-    expand,
     pareto_front,
-    read_rows,
+    start_sweep,
     write_sweep,
 )
 
@@ -680,17 +679,8 @@ def run_sweep_ray(space: Space, prompts: PromptSet, out: Path, *, address: str |
     """`optim.sweep.run_sweep` with the points evaluated by Ray actors (see the module docstring): the same
     files, rows written as they arrive, `resume` skipping the rows already in OUT/rows.jsonl."""
     started = time.perf_counter()
-    points = expand(space)
-    if max_points is not None and len(points) > max_points:
-        raise ConfigError(f"the space has {len(points)} points; this server allows at most {max_points}")
-    run_spec = run_spec or parse_run(space.run)
-    out.mkdir(parents=True, exist_ok=True)
-    # A row whose workers were all lost measured nothing: a resumed sweep tries it again (its new row, appended
-    # later, is the one read back).
-    done = {row["id"]: row for row in read_rows(out)} if resume else {}
-    done = {key: row for key, row in done.items() if not row.get("lost")}
-    if not resume and (out / "rows.jsonl").exists():
-        (out / "rows.jsonl").unlink()
+    # A lost row is measured again: its new row, appended later, is the one read back.
+    points, run_spec, done = start_sweep(space, out, run_spec=run_spec, resume=resume, max_points=max_points)
     rows = [done[p.id] for p in points if p.id in done]
     todo = [p for p in points if p.id not in done]
     pool: RayPool | None = None

@@ -451,6 +451,24 @@ def read_rows(out: Path) -> list[dict[str, Any]]:
     return rows
 
 
+def start_sweep(space: Space, out: Path, *, run_spec: RunSpec | None, resume: bool,
+                max_points: int | None) -> tuple[list[Point], RunSpec, dict[str, dict[str, Any]]]:
+    """What every sweep does first (here and on Ray): the points within the server's limit, the run settings
+    (the space's when none are given), the output folder, and the rows already measured when resuming (a row
+    whose Ray workers were all lost measured nothing, so it is measured again); a fresh sweep starts an empty
+    rows.jsonl."""
+    points = expand(space)
+    if max_points is not None and len(points) > max_points:
+        raise ConfigError(f"the space has {len(points)} points; this server allows at most {max_points}")
+    run_spec = run_spec or parse_run(space.run)
+    out.mkdir(parents=True, exist_ok=True)
+    done = {row["id"]: row for row in read_rows(out)} if resume else {}
+    done = {key: row for key, row in done.items() if not row.get("lost")}
+    if not resume and (out / "rows.jsonl").exists():
+        (out / "rows.jsonl").unlink()
+    return points, run_spec, done
+
+
 def run_sweep(space: Space, prompts: PromptSet, out: Path, *, run_spec: RunSpec | None = None,
               seeds: list[int] | None = None, resume: bool = False, quality: str = "ssim_worst",
               progress: Callable[[str, int, int], None] | None = None,
@@ -458,14 +476,7 @@ def run_sweep(space: Space, prompts: PromptSet, out: Path, *, run_spec: RunSpec 
               max_seconds: float | None = None, point_budget_s: float = POINT_BUDGET_S) -> SweepResult:
     """Evaluate every point of `space` (see the module docstring) and write the artefacts into `out`."""
     started = time.perf_counter()
-    points = expand(space)
-    if max_points is not None and len(points) > max_points:
-        raise ConfigError(f"the space has {len(points)} points; this server allows at most {max_points}")
-    run_spec = run_spec or parse_run(space.run)
-    out.mkdir(parents=True, exist_ok=True)
-    done = {row["id"]: row for row in read_rows(out)} if resume else {}
-    if not resume and (out / "rows.jsonl").exists():
-        (out / "rows.jsonl").unlink()
+    points, run_spec, done = start_sweep(space, out, run_spec=run_spec, resume=resume, max_points=max_points)
     evaluator = Evaluator(run_spec, prompts, seeds or [0], progress=None,
                           should_stop=should_stop, point_budget_s=point_budget_s)
     rows = [done[p.id] for p in points if p.id in done]

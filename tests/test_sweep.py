@@ -42,9 +42,12 @@ def test_a_three_point_sweep_writes_every_artefact(tmp_path):
     assert [row["label"] for row in rows] == ["first_block_cache", "first_block_cache threshold=0.2",
                                               "first_block_cache threshold=0.5"]
     for row in rows:
-        assert row["speedup_low"] <= row["speedup"] <= row["speedup_high"]
+        # An interval from the paired runs (none from fewer than 2 pairs, none of zero width from real timings).
+        assert row["speedup_low"] is not None and row["speedup_low"] < row["speedup_high"]
         assert len(row["items"]) == 2 and row["pairs"] >= 4
-        assert 0 < row["ssim_worst"] <= row["ssim_mean"] <= 1 and row["psnr_worst"] <= row["psnr_mean"]
+        # The worst and mean over the prompts are those of the per-prompt figures.
+        ssims = [item["ssim"] for item in row["items"]]
+        assert 0 < row["ssim_worst"] == min(ssims) and row["ssim_mean"] == pytest.approx(sum(ssims) / 2)
         assert row["adherence"] is not None  # the embedded model's own judge of colours and shape
     # Raising the threshold skips more work (the counted work, not a timing).
     works = [row["work_fraction"] for row in rows]
