@@ -268,6 +268,24 @@ class Launcher:
 launcher = Launcher()
 
 
+PROGRESS_EVERY_S = 0.25
+
+
+def _throttled(send: Callable[[tuple], None]) -> Callable[[str, int, int], None]:
+    """Progress reports for the parent: a new phase and a phase's last step always, other steps at most every
+    PROGRESS_EVERY_S. Steps are reported from inside the pipeline call, so within timed runs every message sent
+    is time measured; the page shows no more than that anyway."""
+    last = {"phase": None, "at": 0.0}
+
+    def report(phase: str, done: int, total: int) -> None:
+        now = time.perf_counter()
+        if phase != last["phase"] or done >= total or now - last["at"] >= PROGRESS_EVERY_S:
+            last["phase"], last["at"] = phase, now
+            send((phase, done, total))
+
+    return report
+
+
 def serve_side(job: SideJob, connection: Connection) -> None:
     """Runs in the side's own process: prepare the side, then answer the parent's commands until it says close.
 
@@ -286,7 +304,7 @@ def serve_side(job: SideJob, connection: Connection) -> None:
         # space limit makes CUDA's initialization itself fail.
         limit_memory(job.memory_limit_mb)
     configure_threads()
-    side = Side(job, progress=lambda phase, done, total: connection.send(("progress", (phase, done, total))))
+    side = Side(job, progress=_throttled(lambda message: connection.send(("progress", message))))
     try:
         connection.send(("ready", side.prepare()))
         while True:
