@@ -33,7 +33,7 @@ from optim.capabilities import device_name
 from optim.errors import Cancelled, OptimError, RunError
 from optim.generation import call_kwargs, generate
 from optim.machine import Load, LoadMeter, thread_settings
-from optim.memory import MemoryProbe
+from optim.memory import MemoryProbe, freeze_heap, thaw_heap
 from optim.models import ModelRef, ResolvedRun, load_pipeline, model_components
 from optim.techniques import Applied
 from optim.techniques.quantization import build_quantization_config, component_sizes_mb
@@ -303,6 +303,7 @@ class Side:
         return [probe.latency_s for probe in self.probes[:1]]
 
     def _setup(self, warmup_s: list[float]) -> Setup:
+        freeze_heap()  # what is loaded now stays until reconfigure or close (both thaw it first)
         resident, setup_peak, free = self.memory.footprint()
         return Setup(load_s=self._load_s, warmup_s=warmup_s, step_work=self.probes[0].step_work,
                      component_sizes_mb=self._sizes, applied=list(self.applied.steps),
@@ -318,6 +319,7 @@ class Side:
                            "it needs a fresh worker")
 
         def change() -> Setup:
+            thaw_heap()
             self.applied.undo_all()
             self.applied = Applied()
             warmup_s = self._configure(optim)
@@ -368,6 +370,7 @@ class Side:
                      probe_matches_timed=bool(np.array_equal(self.probes[0].image, self._last_image[0])))
 
     def close(self) -> None:
+        thaw_heap()
         try:
             self.applied.undo_all()
         finally:
