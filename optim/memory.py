@@ -61,9 +61,10 @@ def trim_heap() -> None:
 def freeze_heap() -> None:
     """Collect, then move every object alive now (imported modules, the loaded pipeline: about half a million on
     the embedded model) out of the collector's reach (`gc.freeze`). The full collection `trim_heap` makes before
-    each timed run then scans only what the runs created: 2 ms instead of 0.3 s, longer than a small pipeline
-    call, and the collector's own automatic full passes stop landing inside timed runs. `thaw_heap()` before
-    anything frozen may be dropped (undoing optimizations, closing), so that it can be collected again."""
+    each timed run then scans only what the runs created: 0.1 ms instead of 0.3 s (longer than an embedded
+    pipeline call), and the collector's own automatic full passes stop landing inside timed runs. Call
+    `thaw_heap()` before anything frozen may be dropped (undoing optimizations, closing), so that it can be
+    collected again."""
     import gc
 
     gc.collect()
