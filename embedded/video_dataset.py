@@ -44,10 +44,11 @@ MOTIONS: dict[str, str] = {
     "still": "staying still",
 }
 DIRECTIONS: dict[str, tuple[float, float]] = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}
-# size word -> half-extent of the shape as a fraction of the side ("" = medium).
-SIZES: dict[str, float] = {"small": 0.10, "": 0.14, "large": 0.19}
-GROW_RANGE = (0.075, 0.22)  # half-extent at the first / last frame of a growing clip (reversed: shrinking)
-TRAVEL = 0.36  # distance a moving shape's centre travels over the clip, fraction of the side
+# size word -> half-extent of the shape as a fraction of the side ("" = medium). Medium is 24 of 64 pixels
+# wide: three of the transformer's 8-pixel tokens (smaller shapes, 18 pixels, were drawn as blobs).
+SIZES: dict[str, float] = {"small": 0.13, "": 0.19, "large": 0.25}
+GROW_RANGE = (0.10, 0.27)  # half-extent at the first / last frame of a growing clip (reversed: shrinking)
+TRAVEL = 0.30  # distance a moving shape's centre travels over the clip, fraction of the side
 JITTER_TRAVEL = 0.04
 JITTER_ALONG = 0.04  # random offset of the path along its direction
 JITTER_ACROSS = 0.10  # random offset of the path across its direction

@@ -40,9 +40,9 @@ MIN_PIXELS = 6  # a frame needs this many shape pixels to be measured
 
 # Bars the shipped model must clear in tests/test_embedded_video_model.py (which states the same numbers): the
 # shares of its 14 adherence prompts (one per held-out combination) judged right at the lab defaults, seed 0.
-# No bar on shape: the shipped model's shapes are soft blobs, judged right 36% of the time on held-out prompts,
-# about chance among three shapes (33%); a bar there would prove nothing (see the model card's limitations).
-ADHERENCE_BARS = {"background": 0.9, "colour": 0.85, "motion": 0.8}
+# The shipped model draws the asked-for shape on 59% of held-out clips (chance among three shapes: 33%); the
+# shape bar sits under its 8 of 14 on these prompts.
+ADHERENCE_BARS = {"background": 0.9, "colour": 0.85, "shape": 0.4, "motion": 0.8}
 
 # Cache settings found for this model (see the model card): each skips a visible share of the
 # transformer's work at a small, visible quality cost. Keys are diffusers config arguments.
