@@ -39,6 +39,12 @@ EXAMPLE_PROMPTS = [
     "a large white square on a green background",
     "a blue circle at the bottom right on a yellow background",
 ]
+VIDEO_EXAMPLE_PROMPTS = [  # the embedded video model's grammar: a motion, no position
+    "a red circle moving right on a blue background",
+    "a yellow triangle moving up on a black background",
+    "a small green square growing on a black background",
+    "a large black triangle staying still on a yellow background",
+]
 CUSTOM_PRESET = ""  # the preset picker's value while the optimizations match no shipped preset
 PRIVATE = dict(api_visibility="private")
 
@@ -252,7 +258,10 @@ def build_settings(ctx: ServerContext, defaults: dict[str, Any]) -> SettingsPane
             recommended = gr.Button("Use this model's recommended settings", size="sm", variant="secondary",
                                     elem_id="recommended-button")
             run("prompt")
-            gr.Examples(EXAMPLE_PROMPTS, inputs=[controls["run.prompt"]], label="Prompts the embedded model knows")
+            gr.Examples(EXAMPLE_PROMPTS, inputs=[controls["run.prompt"]],
+                        label="Prompts the embedded image model knows")
+            gr.Examples(VIDEO_EXAMPLE_PROMPTS, inputs=[controls["run.prompt"]],
+                        label="Prompts the embedded video model knows")
             with gr.Row():
                 run("seed")
                 run("steps")

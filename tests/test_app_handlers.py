@@ -520,3 +520,18 @@ def test_handlers_are_safe_to_call_from_threads():
         thread.join(timeout=120)
     assert not errors, errors[:3]
     assert len(list(CTX.reports_dir.glob("preset-*"))) >= count
+
+
+def test_example_prompts_are_in_each_embedded_models_grammar():
+    """The example prompts under the prompt box are ones the embedded models were trained on: each set parses
+    with its model's caption grammar, and neither model's grammar accepts the other's (no motion / no position)."""
+    from embedded import dataset, video_dataset
+
+    for prompt in ui.EXAMPLE_PROMPTS:
+        dataset.parse_caption(prompt)
+        with pytest.raises(ValueError):
+            video_dataset.parse_caption(prompt)
+    for prompt in ui.VIDEO_EXAMPLE_PROMPTS:
+        video_dataset.parse_caption(prompt)
+        with pytest.raises(ValueError):
+            dataset.parse_caption(prompt)
