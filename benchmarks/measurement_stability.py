@@ -1,26 +1,27 @@
-"""How much a ratio of two identical sides (an A/A test) moves, before and after interleaved timing, on a quiet and
-on a loaded machine; and what the worker's thread settings do under load.
+"""Does the ratio hold under load? Repeated A/A comparisons (both sides the `baseline` preset: the true speedup is
+exactly 1.0) and `mag-cache` comparisons (about half the transformer's work skipped) under several load patterns.
 
-    python benchmarks/measurement_stability.py --repeats 10 --out benchmarks/records/DATE-stability
+    python benchmarks/measurement_stability.py --repeats 10 --out benchmarks/records/DATE-measurement-stability
 
-Both sides run the `baseline` preset on the embedded model, so the true speedup is exactly 1.0. For each machine
-condition (quiet; loaded: another process runs a 2-thread matrix-multiply loop the whole time, like a second ML
-job on the box) it repeats:
+Load patterns (each a set of processes running for the whole pattern):
 
-* before: the old protocol, each side measured to completion in its own process, one after the other, and the
-  ratio of the medians (what the lab did before interleaving);
-* after: the engine's protocol, both sides loaded, runs in turns, a paired interval and a verdict.
+* idle: nothing else;
+* steady: two single-threaded processes busy the whole time (a 2-process CPU load on a 2-core machine);
+* on-off: two processes busy for 0.1 s then idle for 0.1 s, a period near one pipeline call of these settings;
+* suite: what the test suite's two workers do - another comparison running at once, in its own process, beside
+  a 2-thread competitor.
 
-With `--threads` it also compares worker thread settings under load (OpenMP's wait policy, thread count). It
-prints a table and writes a dated record (JSON and markdown) next to the command that made it.
+For each comparison it records the headline (the estimator's ratio, its interval and verdict) and what wall time
+alone said. It prints per pattern: the spread of the A/A ratio, how many A/A intervals exclude 1.0 (the interval
+promises at most about 1 in 20) and by how much, the verdicts, and how many cache runs are called faster.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
-import statistics
 import subprocess
 import sys
 import time
@@ -32,165 +33,150 @@ from optim.logs import quiet_libraries
 
 quiet_libraries()
 
-from optim.config import OptimConfig, parse_run  # noqa: E402
-from optim.engine import compare, prepare  # noqa: E402
-from optim.measure import SideJob  # noqa: E402
+from optim.config import parse_run  # noqa: E402
+from optim.engine import compare  # noqa: E402
 from optim.presets import load_preset  # noqa: E402
-from optim.worker import RemoteSide, launcher  # noqa: E402
 
+BUSY = "while True: pass"
+ON_OFF = """
+import time
+while True:
+    end = time.perf_counter() + 0.1
+    while time.perf_counter() < end:
+        pass
+    time.sleep(0.1)
+"""
 COMPETITOR = """
-import torch, time
+import torch
 torch.set_num_threads(2)
-a = torch.randn(512, 512)
+a = torch.randn(384, 384)
 while True:
     a = (a @ a).tanh_()
 """
 
 
-def competitor() -> subprocess.Popen:
-    """Another CPU-heavy process: 2-thread matrix multiplies, forever."""
-    return subprocess.Popen([sys.executable, "-c", COMPETITOR])
+def other_comparisons(run: dict[str, Any]) -> None:
+    """In a separate process: A/A comparisons, forever (the suite's other worker)."""
+    quiet_libraries()
+    while True:
+        compare(parse_run(run), load_preset("baseline"))
 
 
-def before(run: dict[str, Any], runs: int) -> float:
-    """The old protocol: baseline to completion, then the optimized side, each in its own process; median ratio."""
-    spec = parse_run({**run, "timed_runs": runs})
-    ref, resolved = prepare(spec, OptimConfig())
-    medians = []
-    for side in ("baseline", "optimized"):
-        handle = RemoteSide(SideJob(side, ref, resolved, OptimConfig()))
-        try:
-            handle.prepare()
-            medians.append(statistics.median(handle.timed().latency_s for _ in range(runs)))
-            handle.finish()
-        finally:
-            handle.close()
-    return medians[0] / medians[1]
+def load(pattern: str, run: dict[str, Any]) -> list[Any]:
+    """Start the pattern's processes; returns them (stop with `stop`)."""
+    python = [sys.executable, "-c"]
+    if pattern == "idle":
+        return []
+    if pattern == "steady":
+        return [subprocess.Popen([*python, BUSY]) for _ in range(2)]
+    if pattern == "on-off":
+        return [subprocess.Popen([*python, ON_OFF]) for _ in range(2)]
+    if pattern == "suite":
+        other = multiprocessing.get_context("spawn").Process(target=other_comparisons, args=(run,), daemon=True)
+        other.start()
+        return [subprocess.Popen([*python, COMPETITOR]), other]
+    raise SystemExit(f"unknown load pattern {pattern!r}")
 
 
-def after(run: dict[str, Any], runs: int | str, budget: float) -> dict[str, Any]:
-    report = compare(
-        parse_run({**run, "timed_runs": runs, "time_budget_s": budget}), load_preset("baseline")
-    ).to_report()
+def stop(processes: list[Any]) -> None:
+    for process in processes:
+        if isinstance(process, subprocess.Popen):
+            process.kill()
+            process.wait()
+        else:
+            process.terminate()
+            process.join()
+
+
+def one(run: dict[str, Any], preset: str) -> dict[str, Any]:
+    report = compare(parse_run(run), load_preset(preset)).to_report()
     timing = report["timing"]
-    return {"speedup": report["speedup"], "low": report["speedup_interval"][0], "high": report["speedup_interval"][1],
-            "verdict": report["verdict"], "runs": timing["runs_per_side"],
-            "busy_share": timing["contention"]["busy_share"]}
+    wall = timing["speedup_wall"]
+    return {"preset": preset, "speedup": report["speedup"], "low": report["speedup_interval"][0],
+            "high": report["speedup_interval"][1], "verdict": report["verdict"],
+            "estimator": timing["estimator"]["name"], "wall": wall["estimate"], "wall_low": wall["low"],
+            "wall_high": wall["high"], "wall_verdict": wall["verdict"], "pairs": timing["runs_per_side"],
+            "sequence": timing["sequence"], "busy_share": timing["contention"]["busy_share"],
+            "wait_share": timing["contention"]["wait_share_mean"],
+            "memory_verdict": timing["memory_saving_mb"]["verdict"],
+            "work_fraction": report["optimized"]["work_fraction"]}
 
 
-def spread(values: list[float]) -> dict[str, float]:
-    return {"min": min(values), "max": max(values), "median": statistics.median(values),
-            "worst_error": max(abs(v - 1.0) for v in values)}
+def summary(results: list[dict[str, Any]], wall: bool = False) -> dict[str, Any]:
+    """Per pattern: the A/A spread, intervals excluding 1.0, verdicts; the cache's ratios and verdicts. `wall`:
+    the same from wall time alone."""
+    ratio, low, high, word = ("wall", "wall_low", "wall_high", "wall_verdict") if wall else (
+        "speedup", "low", "high", "verdict")
+    aa = [r for r in results if r["preset"] == "baseline"]
+    cache = [r for r in results if r["preset"] == "mag-cache"]
+    excluded = [r for r in aa if r[low] is not None and not r[low] <= 1.0 <= r[high]]
 
+    def counts(rows: list[dict[str, Any]]) -> dict[str, int]:
+        words = [r[word] for r in rows]
+        return {v: words.count(v) for v in sorted(set(words))}
 
-def measure(condition: str, args: argparse.Namespace, run: dict[str, Any]) -> dict[str, Any]:
-    load = competitor() if condition == "loaded" else None
-    try:
-        time.sleep(2 if load else 0)
-        old = [before(run, args.runs) for _ in range(args.repeats)]
-        new = [after(run, "auto", args.budget) for _ in range(args.repeats)]
-    finally:
-        if load:
-            load.kill()
-            load.wait()
-    return {"before": old, "after": new}
-
-
-def thread_settings(args: argparse.Namespace, run: dict[str, Any]) -> dict[str, Any]:
-    """A/A under load with different worker thread settings (each: a fresh zygote with that environment)."""
-    settings = {
-        "PASSIVE wait, 1 thread per core (the lab's choice)": {"OMP_WAIT_POLICY": "PASSIVE"},
-        "default wait policy (libgomp spins), 1 thread per core": {"OMP_WAIT_POLICY": ""},
-        "PASSIVE wait, 1 thread": {"OMP_WAIT_POLICY": "PASSIVE", "OMP_NUM_THREADS": "1"},
-    }
-    out = {}
-    load = competitor()
-    try:
-        time.sleep(2)
-        for name, env in settings.items():
-            launcher.stop()  # the next side starts a zygote with this environment
-            saved = {k: os.environ.get(k) for k in env}
-            for key, value in env.items():
-                if value:
-                    os.environ[key] = value
-                else:
-                    os.environ.pop(key, None)
-            if env.get("OMP_WAIT_POLICY") == "":
-                os.environ["OMP_WAIT_POLICY"] = "ACTIVE_DEFAULT_SPIN"  # not a libgomp value: libgomp's default
-            try:
-                results = [after(run, args.runs, args.budget) for _ in range(args.repeats)]
-                out[name] = {"results": results,
-                             "latency_note": "speedups of identical sides; closer to 1.0 and narrower is better"}
-            finally:
-                for key, value in saved.items():
-                    if value is None:
-                        os.environ.pop(key, None)
-                    else:
-                        os.environ[key] = value
-        launcher.stop()
-    finally:
-        load.kill()
-        load.wait()
-    return out
+    return {"aa_ratios": [r[ratio] for r in aa], "aa_excluding_one": len(excluded),
+            "aa_worst_exclusion": max((max(r[low] - 1.0, 1.0 - r[high]) for r in excluded), default=0.0),
+            "aa_verdicts": counts(aa), "cache_ratios": [r[ratio] for r in cache], "cache_verdicts": counts(cache)}
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=10)
-    parser.add_argument("--runs", type=int, default=5, help="timed runs per side for the old protocol")
-    parser.add_argument("--budget", type=float, default=30.0, help="time budget of an auto comparison (s)")
+    parser.add_argument("--budget", type=float, default=10.0, help="time budget of each auto comparison (s)")
     parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--conditions", default="quiet,loaded")
-    parser.add_argument("--threads", action="store_true", help="also compare worker thread settings under load")
+    parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--patterns", default="idle,steady,on-off,suite")
     parser.add_argument("--out", type=Path, help="write OUT.json and OUT.md")
     args = parser.parse_args()
-    run = {"steps": args.steps}
+    run = {"steps": args.steps, "width": args.size, "height": args.size, "timed_runs": "auto",
+           "time_budget_s": args.budget}
     record: dict[str, Any] = {"date": str(date.today()), "command": " ".join(sys.argv), "cpu_count": os.cpu_count(),
-                              "load_average_start": os.getloadavg()[0], "conditions": {}}
-    for condition in args.conditions.split(","):
-        record["conditions"][condition] = measure(condition, args, run)
-        data = record["conditions"][condition]
-        old = spread(data["before"])
-        new = spread([r["speedup"] for r in data["after"]])
-        verdicts = [r["verdict"] for r in data["after"]]
-        print(f"{condition}: before {old['min']:.2f}-{old['max']:.2f}x (worst {old['worst_error']:.0%} off 1.0); "
-              f"after {new['min']:.2f}-{new['max']:.2f}x (worst {new['worst_error']:.0%}); verdicts: "
-              f"{verdicts.count('no measurable difference')}/{len(verdicts)} no measurable difference")
-    if args.threads:
-        record["threads"] = thread_settings(args, run)
-        for name, data in record["threads"].items():
-            values = [r["speedup"] for r in data["results"]]
-            widths = [(r["high"] / r["low"]) ** 0.5 - 1 for r in data["results"] if r["low"]]
-            print(f"{name}: speedups {min(values):.2f}-{max(values):.2f}x, median half-width "
-                  f"{statistics.median(widths):.1%}" if widths else name)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.with_suffix(".json").write_text(json.dumps(record, indent=2) + "\n")
-        args.out.with_suffix(".md").write_text(markdown(record))
-        print(f"wrote {args.out}.json and .md")
+                              "load_average_start": os.getloadavg()[0], "run": run, "patterns": {}}
+    for pattern in args.patterns.split(","):
+        processes = load(pattern, run)
+        results = []
+        try:
+            time.sleep(8.0 if pattern == "suite" else 1.0 if processes else 0.0)
+            for index in range(args.repeats):
+                for preset in ("baseline", "mag-cache"):
+                    result = one(run, preset)
+                    results.append(result)
+                    print(f"{pattern} {index + 1}/{args.repeats} {preset}: {result['speedup']:.3f} "
+                          f"({result['low']:.3f}-{result['high']:.3f}) {result['verdict']}; wall "
+                          f"{result['wall']:.3f} ({result['wall_low']:.3f}-{result['wall_high']:.3f}) "
+                          f"{result['wall_verdict']}; busy {result['busy_share']:.0%}", flush=True)
+        finally:
+            stop(processes)
+        record["patterns"][pattern] = {"results": results, "summary": summary(results),
+                                       "wall_summary": summary(results, wall=True)}
+        if args.out:  # written after every pattern, so an interrupted run keeps what it measured
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.with_suffix(".json").write_text(json.dumps(record, indent=1) + "\n")
+            args.out.with_suffix(".md").write_text(markdown(record))
+    print(markdown(record))
     return 0
 
 
+def _verdicts(counts: dict[str, int]) -> str:
+    return ", ".join(f"{n} {v}" for v, n in sorted(counts.items(), key=lambda kv: -kv[1]))
+
+
 def markdown(record: dict[str, Any]) -> str:
-    lines = [f"# A/A stability of the reported speedup ({record['date']})", "", f"Command: `{record['command']}`",
-             "", f"{record['cpu_count']} cores; load average at the start {record['load_average_start']:.2f}. Both "
-             "sides run the `baseline` preset on the embedded model: the true speedup is 1.0.", "",
-             "| machine | protocol | speedups reported | worst distance from 1.0 | verdicts |", "|---|---|---|---|---|"]
-    for condition, data in record["conditions"].items():
-        old = spread(data["before"])
-        lines.append(f"| {condition} | before: sides one after the other, ratio of medians | "
-                     f"{', '.join(f'{v:.2f}' for v in data['before'])} | {old['worst_error']:.0%} | - |")
-        new = spread([r["speedup"] for r in data["after"]])
-        verdicts = [r["verdict"] for r in data["after"]]
-        lines.append(f"| {condition} | after: interleaved, auto runs, paired 95% CI | "
-                     + ", ".join(f"{r['speedup']:.2f} ({r['low']:.2f}-{r['high']:.2f})" for r in data["after"])
-                     + f" | {new['worst_error']:.0%} | {verdicts.count('no measurable difference')}/{len(verdicts)} "
-                     "no measurable difference |")
-    if "threads" in record:
-        lines += ["", "## Worker thread settings under load", "", "| setting | speedups (95% CI) |", "|---|---|"]
-        for name, data in record["threads"].items():
-            lines.append(f"| {name} | " + ", ".join(f"{r['speedup']:.2f} ({r['low']:.2f}-{r['high']:.2f})"
-                                                      for r in data["results"] if r["low"]) + " |")
+    lines = [f"# Measurement stability under load ({record['date']})", "", f"Command: `{record['command']}`", "",
+             f"{record['cpu_count']} cores; load average at the start {record['load_average_start']:.2f}. Run "
+             f"settings: {json.dumps(record['run'])}. A/A: both sides the `baseline` preset (true ratio 1.0); "
+             "cache: `mag-cache`.", "",
+             "| load | estimator | A/A ratios (min-max) | A/A intervals excluding 1.0 (worst, beyond) | A/A verdicts "
+             "| cache ratios (min-max) | cache verdicts |", "|---|---|---|---|---|---|---|"]
+    for pattern, data in record["patterns"].items():
+        for name, key in (("headline", "summary"), ("wall time", "wall_summary")):
+            s = data[key]
+            aa, cache = s["aa_ratios"], s["cache_ratios"]
+            lines.append(
+                f"| {pattern} | {name} | {min(aa):.3f}-{max(aa):.3f} | {s['aa_excluding_one']}/{len(aa)} "
+                f"({s['aa_worst_exclusion']:.1%}) | {_verdicts(s['aa_verdicts'])} | {min(cache):.2f}-{max(cache):.2f} "
+                f"| {_verdicts(s['cache_verdicts'])} |")
     return "\n".join(lines) + "\n"
 
 

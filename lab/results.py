@@ -306,12 +306,16 @@ def build_results() -> ResultsPanel:
             metrics = gr.Dataframe(headers=["metric", "baseline", "optimized"], value=[], interactive=False,
                                    wrap=True, max_height=900, column_widths=["34%", "33%", "33%"],
                                    elem_id="metrics-table")
-            gr.Markdown("Latency is per image, median of the timed runs with min-max. The two sides' timed runs are "
-                        "taken in turns, so the machine's ups and downs hit both alike; the speedup is the geometric "
-                        "mean of the paired ratios with its 95% confidence interval, and “no measurable difference” "
-                        "means the interval reaches within 5% of 1.0 (two identical processes can differ by that "
-                        "much, so smaller differences are not called a speedup). Memory is the peak during "
-                        "the timed runs (GPU allocated on CUDA, process RSS growth on CPU).", elem_classes="lab-note")
+            gr.Markdown("Time is per image, the median of the timed runs with min-max. On a CPU it is each run's "
+                        "own time: its wall time less the time its process waited for a core that another process "
+                        "held (wall time is the next row); on a GPU, wall time. The two sides' runs are taken in "
+                        "turns, in mirrored blocks, so the machine's ups and downs hit both alike; the speedup is "
+                        "the geometric mean of the paired ratios with its 95% confidence interval. Faster or slower "
+                        "means the whole interval is more than 5% from 1.0, equivalent that it lies within ±5%, "
+                        "inconclusive that it reaches across that edge (run longer or on a quieter machine). "
+                        "Memory is the peak during the timed runs (GPU allocated on CUDA, process RSS growth on "
+                        "CPU), with the same words against a band of 5% of the baseline's peak.",
+                        elem_classes="lab-note")
         with gr.Tab("Charts", id="tab-charts"):  # one chart per row: each carries a lot (runs, steps, blocks)
             latency_plot = gr.Plot(label="Latency", format="png", show_label=False, elem_id="latency-plot")
             per_step_plot = gr.Plot(label="Per-step time", format="png", show_label=False, elem_id="per-step-plot")

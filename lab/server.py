@@ -26,6 +26,14 @@ def log_to_terminal() -> None:
     logger.propagate = False
 
 
+def announce_port(port: int) -> None:
+    """Tell the workers which port the page is served on: a browser on this machine connected to it is the lab's
+    own page, and its CPU time is not counted as contention (`optim.machine.Neighbours`)."""
+    from optim.machine import LAB_PORT_ENV
+
+    os.environ[LAB_PORT_ENV] = str(port)
+
+
 def main() -> None:
     steady_threads()
     quiet_libraries()
@@ -43,6 +51,7 @@ def main() -> None:
     # A stop request (SIGTERM: a Space restarting, `docker stop`, a test) exits like Ctrl-C does, so the cleanup
     # below runs: this server's report folder, the worker processes.
     signal.signal(signal.SIGTERM, lambda _signum, _frame: sys.exit(0))
+    announce_port(int(os.environ.get("GRADIO_SERVER_PORT") or 7860))
     try:
         # server_port=None: Gradio reads GRADIO_SERVER_PORT, else 7860.
         demo.launch(server_name=os.environ.get("GRADIO_SERVER_NAME", "0.0.0.0"), **LAUNCH_KWARGS)

@@ -20,7 +20,7 @@ from optim.errors import OptimError
 from optim.families import FAMILIES, TECHNIQUE_LABELS, TECHNIQUES, technique_support
 from optim.limits import check_run
 from optim.models import EMBEDDED_VIDEO_MODEL, POPULAR_MODELS, TINY_NOTE, TINY_PREFIX
-from optim.report import fmt_mb, fmt_s, runs_text, summary_rows
+from optim.report import estimator_sentence, fmt_mb, fmt_s, runs_text, summary_rows
 from optim.report_model import Report
 from optim.stats import NEGLIGIBLE
 from optim.synthetic import SYNTHETIC_MODELS
@@ -193,7 +193,15 @@ def _tile(title: str, value: str, sub: str, tone: str = "") -> str:
 VERDICT_WORDS = {
     "faster": "faster",
     "slower": "slower",
-    "no measurable difference": "no measurable difference",
+    "equivalent": "equivalent (within ±5%)",
+    "inconclusive": "inconclusive",
+    "too few runs": "too few runs to tell",
+}
+MEMORY_WORDS = {
+    "less": "uses less",
+    "more": "uses more",
+    "equivalent": "equivalent",
+    "inconclusive": "inconclusive",
     "too few runs": "too few runs to tell",
 }
 
@@ -211,20 +219,24 @@ def headline_html(report: Report) -> str:
     b, o, q, timing = report.baseline, report.optimized, report.quality, report.timing
     speedup, interval = report.speedup, timing.speedup
     # Faster / slower in colour; a ratio whose interval does not back it is greyed, its verdict first.
-    tone = {"faster": "good", "slower": "bad"}.get(report.verdict, "unsure")
-    latency = f"{fmt_s(b.latency_s.median)} → {fmt_s(o.latency_s.median)}"
+    tone = {"faster": "good", "slower": "bad", "equivalent": ""}.get(report.verdict, "unsure")
+    own = " (own time)" if timing.estimator.name == "own" else ""
+    latency = f"{fmt_s(b.time_s.median)} → {fmt_s(o.time_s.median)}{own}"
     if interval.low is not None:
         sure = f"<b>{VERDICT_WORDS[report.verdict]}</b> · 95% CI {interval.low:.2f}–{interval.high:.2f}×"
+        if report.verdict == "inconclusive":
+            sure += f" (±{interval.half_width:.0%}: run longer or on a quieter machine)"
     else:
         sure = "one run per side: no interval (use auto or 3+ runs)"
     memory = timing.memory_saving_mb
-    saving = report.memory_saving_mb
+    saving = memory.estimate  # the one figure for the saving (the same in the Metrics tab, the CLI, report.md)
     base_peak = b.peak_memory_mb or 0.0
     mem_share = (f"{abs(saving) / base_peak:.0%} {'less' if saving >= 0 else 'more'} than {fmt_mb(base_peak)}"
                  if base_peak > 0 else "baseline peak 0 MB")
+    # Green or red only when the interval says so: an A/A run (or a saving inside the band) is never green.
     mem_tone = {"less": "good", "more": "bad"}.get(memory.verdict, "")
-    if memory.verdict == "no measurable difference":
-        mem_share += " · no measurable difference"
+    if memory.verdict != "too few runs":
+        mem_share += f" · <b>{MEMORY_WORDS[memory.verdict]}</b>"
     psnr = q.psnr_db
     quality_value = "identical" if psnr is None else f"{psnr:.1f} dB"
     quality_tone = "good" if psnr is None or psnr >= 40 else "bad" if psnr < 25 else ""
@@ -285,7 +297,8 @@ def details_markdown(report: Report) -> str:
         "### How sure",
         f"**{timing.speedup.text}.** Timed runs: {runs_text(report)}; {timing.order}. The interval is a "
         f"{timing.speedup.method}; a side is called faster or slower only when the whole interval is more than "
-        f"{NEGLIGIBLE:.0%} from 1.0 (two identical processes can differ by that much). "
+        f"{NEGLIGIBLE:.0%} from 1.0 (two identical processes can differ by that much), equivalent when it lies "
+        f"wholly within ±{NEGLIGIBLE:.0%}, and inconclusive otherwise. {estimator_sentence(report)} "
         f"{threads.get('torch_threads', '?')} torch threads, OpenMP wait policy "
         f"{threads.get('omp_wait_policy', '?')}.",
     ]

@@ -35,21 +35,32 @@ def _steps_axis(axes: Any, count: int) -> None:
 
 def latency_chart(report: Report) -> Figure:
     """Every timed run per side (dots, in the order they ran) over the median bar, and the speedup with its
-    interval in the title."""
+    interval in the title. The bars and dots are the times the ratio is taken from (`timing.estimator`); on a CPU
+    that is each run's own time, and its wall time is drawn beside it as a hollow ring."""
     figure, axes = _figure()
+    own = report.timing.estimator.name == "own"
     sides = [("baseline", report.baseline, BASELINE_COLOUR), ("optimized", report.optimized, OPTIMIZED_COLOUR)]
     for position, (_, side, colour) in enumerate(sides):
-        axes.bar(position, side.latency_s.median, color=colour, alpha=0.55, width=0.6)
-        runs = side.latency_s.runs
+        axes.bar(position, side.time_s.median, color=colour, alpha=0.55, width=0.6)
+        runs = side.time_s.runs
         offsets = [(i - (len(runs) - 1) / 2) * min(0.4 / max(len(runs), 1), 0.06) for i in range(len(runs))]
-        axes.scatter([position + o for o in offsets], runs, s=14, color=colour, edgecolors="black", linewidths=0.4,
-                     zorder=3)
-        axes.annotate(f"{side.latency_s.median:.3f} s", (position, side.latency_s.median), xytext=(0, 4),
+        xs = [position + o for o in offsets]
+        if own:
+            axes.scatter(xs, side.latency_s.runs, s=18, facecolors="none", edgecolors="#555555", linewidths=0.6,
+                         zorder=2, label="wall time" if position == 0 else None)
+        axes.scatter(xs, runs, s=14, color=colour, edgecolors="black", linewidths=0.4, zorder=3)
+        axes.annotate(f"{side.time_s.median:.3f} s", (position, side.time_s.median), xytext=(0, 4),
                       textcoords="offset points", ha="center", va="bottom", fontsize=9)
     axes.set_xticks([0, 1], [name for name, _, _ in sides])
-    axes.set_ylabel("latency per video (s)" if report.is_video else "latency per image (s)")
-    axes.set_title(report.timing.speedup.text, fontsize=10)
-    axes.set_ylim(0, max(max(side.latency_s.runs) for _, side, _ in sides) * 1.2)
+    what = "own time" if own else "latency"
+    axes.set_ylabel(f"{what} per video (s)" if report.is_video else f"{what} per image (s)")
+    speedup = report.timing.speedup
+    span = f", 95% CI {speedup.low:.2f}-{speedup.high:.2f}x" if speedup.low is not None else ""
+    axes.set_title(f"{speedup.estimate:.2f}x ({speedup.verdict}{span})", fontsize=10)
+    top = max(max(side.time_s.runs + (side.latency_s.runs if own else [])) for _, side, _ in sides)
+    axes.set_ylim(0, top * 1.2)
+    if own:
+        axes.legend(loc="lower right", fontsize=8)
     return figure
 
 

@@ -190,13 +190,14 @@ class RunSpec(Settings):
                   advanced=True))
     timed_runs: Annotated[int, Field(ge=1, le=100)] | Literal["auto"] = Field(
         "auto", **info("Timed runs", "Per side, taken in turns with the other side. auto: runs until the speedup is "
-                       "known to within the target precision or the time budget is spent.", advanced=True))
+                       "known to within the target precision and its interval says faster, slower or equivalent, "
+                       "or the time budget is spent.", advanced=True))
     target_precision: Annotated[float, Field(ge=0.005, le=0.5)] = Field(
         0.05, **info("Target precision", "auto runs stop once the speedup's 95% interval is this narrow (0.05: "
-                     "within about ±5%).", advanced=True))
+                     "within about ±5%) and settles the verdict.", advanced=True))
     time_budget_s: Annotated[float, Field(gt=0.0, le=3600.0)] = Field(
-        60.0, **info("Time budget (s)", "auto runs stop after this many seconds of timed runs, precise or not.",
-                     advanced=True))
+        60.0, **info("Time budget (s)", "auto runs stop after this many seconds of timed runs, settled or not "
+                     "(an unsettled interval is reported as inconclusive).", advanced=True))
     timing: Literal["auto", "interleaved", "sequential"] = Field(
         "auto", **info("Timing", "interleaved: both sides loaded at once, timed runs taken in turns, so whatever "
                        "the machine does hits both alike; sequential: one side's runs, then the other's (when both "

@@ -24,35 +24,24 @@ import statistics
 import threading
 import time
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Protocol
 
 import numpy as np
 
 from optim import capabilities, compat
 from optim.config import OptimConfig, RunSpec
-from optim.errors import ConfigError
-from optim.machine import BUSY_CORES
+from optim.errors import ConfigError, OptimError
 from optim.measure import Final, Progress, Setup, Side, SideJob, SideResult, Timing
 from optim.metrics import diff_heatmap, image_quality
 from optim.models import ModelRef, ResolvedRun, resolve_model, resolve_run
 from optim.presets import Preset, make_preset, preset_to_dict
 from optim.report_model import REPORT_SCHEMA_VERSION, Report
-from optim.stats import (
-    DifferenceInterval,
-    RatioInterval,
-    describe_speedup,
-    paired_difference_interval,
-    paired_ratio_interval,
-    unpaired_ratio_interval,
-)
+from optim.stats import RatioInterval
+from optim.timing import SEQUENTIAL_AUTO_RUNS, Plan, TimingSummary, Turns, run_time, summarize, take_turns
 from optim.workcount import work_fractions
 
 ISOLATION_MODES = ("process", "inline")
-# "auto" runs: at least this many pairs before the interval may stop them, and this many runs per side when
-# sequential timing cannot adapt.
-MIN_AUTO_PAIRS = 4
-SEQUENTIAL_AUTO_RUNS = 6
 # Memory a second side needs beyond the first one's peak: allocator slack, a CUDA context.
 FIT_MARGIN = 1.10
 FIT_EXTRA_MB = {"cuda": 1024.0, "cpu": 256.0}
@@ -63,72 +52,10 @@ class SideHandle(Protocol):
     `optim.worker.RemoteSide` in its own."""
 
     def prepare(self) -> Setup: ...
-    def timed(self, label: str = ...) -> Timing: ...
+    def timed(self, label: str = ..., item: int = ...) -> Timing: ...
     def footprint(self) -> tuple[float, float, float | None]: ...
     def finish(self) -> Final: ...
     def close(self) -> None: ...
-
-
-@dataclass
-class TimingSummary:
-    """How the timed runs were taken, how far to trust the ratio, and what the machine was doing."""
-
-    mode: str  # "interleaved" or "sequential"
-    reason: str | None
-    order: str
-    runs_per_side: int
-    auto: bool
-    target_precision: float
-    time_budget_s: float
-    timed_s: float
-    stopped_because: str
-    speedup: RatioInterval
-    memory: DifferenceInterval
-    busy_runs: int
-    runs: int
-    others_cores_mean: float | None
-    baseline_reuse: str | None = None
-
-    @property
-    def target_met(self) -> bool | None:
-        width = self.speedup.half_width
-        return None if width is None else width <= self.target_precision
-
-    @property
-    def busy_share(self) -> float:
-        return self.busy_runs / self.runs if self.runs else 0.0
-
-    def contention_note(self) -> str | None:
-        if not self.busy_runs:
-            return None
-        return (f"the machine was busy during {self.busy_share:.0%} of the timed runs (other processes used "
-                f"{self.others_cores_mean or 0:.2f} of a core on average): ratios are less certain, and the "
-                "interval says by how much")
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "mode": self.mode,
-            "reason": self.reason,
-            "order": self.order,
-            "runs_per_side": self.runs_per_side,
-            "auto": self.auto,
-            "target_precision": self.target_precision,
-            "time_budget_s": self.time_budget_s,
-            "timed_s": self.timed_s,
-            "stopped_because": self.stopped_because,
-            "target_met": self.target_met,
-            "speedup": {**self.speedup.to_dict(), "text": describe_speedup(self.speedup)},
-            "memory_saving_mb": self.memory.to_dict(),
-            "contention": {
-                "busy_runs": self.busy_runs,
-                "runs": self.runs,
-                "busy_share": self.busy_share,
-                "busy_threshold_cores": BUSY_CORES,
-                "others_cores_mean": self.others_cores_mean,
-                "note": self.contention_note(),
-            },
-            "baseline_reuse": self.baseline_reuse,
-        }
 
 
 @dataclass
@@ -159,13 +86,13 @@ class Comparison:
         return self.timing.speedup.estimate
 
     def side_report(self, side: SideResult, *, work_fraction: float, work_per_step: list[float]) -> dict[str, Any]:
+        def stats(values: list[float]) -> dict[str, Any]:
+            return {"median": statistics.median(values), "min": min(values), "max": max(values), "runs": values}
+
         return {
-            "latency_s": {
-                "median": statistics.median(side.latency_s),
-                "min": min(side.latency_s),
-                "max": max(side.latency_s),
-                "runs": side.latency_s,
-            },
+            "latency_s": stats(side.latency_s),
+            # The time the ratio is taken from (`timing.estimator`): wall time, or wall time less run-queue wait.
+            "time_s": stats([run_time(t, self.timing.estimator) for t in side.timings]),
             "per_step_s": side.per_step_s,
             "peak_memory_mb": side.peak_memory_mb,
             "peak_memory_runs_mb": [t.peak_memory_mb for t in side.timings],
@@ -183,8 +110,8 @@ class Comparison:
             "applied": side.applied,
             "warnings": side.warnings,
             "deterministic": side.deterministic,
-            "runs": [{"latency_s": t.latency_s, "peak_memory_mb": t.peak_memory_mb, **t.load.to_dict()}
-                     for t in side.timings],
+            "runs": [{"latency_s": t.latency_s, "time_s": run_time(t, self.timing.estimator),
+                      "peak_memory_mb": t.peak_memory_mb, **t.load.to_dict()} for t in side.timings],
         }
 
     def to_report(self) -> dict[str, Any]:
@@ -211,7 +138,8 @@ class Comparison:
             "speedup_interval": [speedup.low, speedup.high],
             "verdict": speedup.verdict,
             "timing": self.timing.to_dict(),
-            "memory_saving_mb": self.baseline.peak_memory_mb - self.optimized.peak_memory_mb,
+            # One figure for the saving everywhere: the interval's estimate (`timing.memory_saving_mb`).
+            "memory_saving_mb": self.timing.memory.estimate,
             "quality": {**self.quality, "heatmap_scale": self.heatmap_scale},
             "elapsed_s": self.elapsed_s,
             **({"video": self.video_info()} if self.is_video else {}),
@@ -250,10 +178,11 @@ class Comparison:
         """Everything derived from two measured sides: quality, the heatmap, the work fraction and (when not
         given) the timing summary of their runs taken as two independent blocks."""
         if timing is None:
-            runs = _Runs(baseline=list(baseline.timings), optimized=list(optimized.timings),
-                         timed_s=sum(baseline.latency_s) + sum(optimized.latency_s))
-            timing = _summary("sequential", "the two sides were measured separately", "one side, then the other",
-                              run, runs, "measured separately", None)
+            turns = Turns(baseline=list(baseline.timings), optimized=list(optimized.timings),
+                          timed_s=sum(baseline.latency_s) + sum(optimized.latency_s),
+                          stopped_because="measured separately")
+            timing = summarize("sequential", "the two sides were measured separately", run, turns,
+                               order="one side, then the other", sequence="")
         if baseline.image.shape != optimized.image.shape:
             from optim.errors import RunError
 
@@ -368,75 +297,6 @@ def fits_together(setup: Setup, free_mb: float | None, device: str) -> tuple[boo
     return free_mb >= need, text
 
 
-@dataclass
-class _Runs:
-    """The timed runs of a comparison as they are taken."""
-
-    baseline: list[Timing] = field(default_factory=list)
-    optimized: list[Timing] = field(default_factory=list)
-    timed_s: float = 0.0
-
-
-def _plan(run: ResolvedRun, max_runs: int | None) -> tuple[bool, int]:
-    """(auto, most runs per side)."""
-    if isinstance(run.timed_runs, int):
-        return False, run.timed_runs
-    return True, max(MIN_AUTO_PAIRS, max_runs or 50)
-
-
-def _interleave(baseline: SideHandle, optimized: SideHandle, run: ResolvedRun, runs: _Runs, *,
-                max_runs: int | None) -> str:
-    """Timed runs in turns, balanced: pair i is (baseline, optimized) for even i and (optimized, baseline) for odd
-    i, so neither side is always first. Returns why it stopped."""
-    auto, most = _plan(run, max_runs)
-    pair = 0
-    while True:
-        pair += 1
-        label = f"timed run {pair}" + (f"/{most}" if not auto else ", auto")
-        order = (("baseline", baseline), ("optimized", optimized))
-        for side, handle in (order if pair % 2 else order[::-1]):
-            timing = handle.timed(label)
-            getattr(runs, side).append(timing)
-            runs.timed_s += timing.latency_s
-        if not auto:
-            if pair >= most:
-                return f"the {most} run{'s' if most != 1 else ''} per side asked for"
-            continue
-        if pair < MIN_AUTO_PAIRS:
-            continue  # an interval needs a few pairs, whatever the budget
-        interval = paired_ratio_interval([t.latency_s for t in runs.baseline], [t.latency_s for t in runs.optimized])
-        if interval.half_width is not None and interval.half_width <= run.target_precision:
-            return f"target precision reached (±{interval.half_width:.1%} <= ±{run.target_precision:.0%})"
-        if runs.timed_s >= run.time_budget_s:
-            return f"time budget spent ({runs.timed_s:.1f} s of timed runs >= {run.time_budget_s:g} s)"
-        if pair >= most:
-            return f"run limit reached ({most} per side)"
-
-
-def _summary(mode: str, reason: str | None, order: str, run: ResolvedRun, runs: _Runs, stopped: str,
-             reuse: str | None) -> TimingSummary:
-    b = [t.latency_s for t in runs.baseline]
-    o = [t.latency_s for t in runs.optimized]
-    if mode == "interleaved":
-        speedup = paired_ratio_interval(b, o)
-    else:
-        speedup = unpaired_ratio_interval(b, o)
-    b_peaks = [t.peak_memory_mb for t in runs.baseline]
-    o_peaks = [t.peak_memory_mb for t in runs.optimized]
-    count = min(len(b_peaks), len(o_peaks))
-    memory = paired_difference_interval(b_peaks[:count], o_peaks[:count],
-                                        negligible=max(1.0, 0.02 * max(b_peaks)))
-    loads = [t.load for t in runs.baseline + runs.optimized]
-    others = [t.load.others_cpu_s / t.latency_s for t in runs.baseline + runs.optimized
-              if t.load.others_cpu_s is not None and t.latency_s > 0]
-    return TimingSummary(
-        mode=mode, reason=reason, order=order, runs_per_side=min(len(b), len(o)), auto=run.timed_runs == "auto",
-        target_precision=run.target_precision, time_budget_s=run.time_budget_s, timed_s=runs.timed_s,
-        stopped_because=stopped, speedup=speedup, memory=memory, busy_runs=sum(load.busy for load in loads),
-        runs=len(loads), others_cores_mean=statistics.fmean(others) if others else None, baseline_reuse=reuse,
-    )
-
-
 def compare(
     run_spec: RunSpec,
     preset: Preset | OptimConfig,
@@ -481,7 +341,7 @@ def compare(
 
     baseline_job = SideJob("baseline", ref, run, OptimConfig(), memory_limit_mb)
     optimized_job = SideJob("optimized", ref, run, preset.optim, memory_limit_mb)
-    runs = _Runs()
+    turns = Turns()
     key = BaselineCache.key(ref, run)
     warm = baseline_cache.take(key) if (baseline_cache is not None and isolation == "process") else None
     reused = warm is not None
@@ -492,6 +352,9 @@ def compare(
             baseline, baseline_setup = warm
             handles.append(baseline)
             free = baseline.footprint()[2]
+            # Idle since its last comparison (its caches cold, maybe paged out): one untimed run first, as a
+            # freshly prepared side has its warm-up just before its first timed run.
+            baseline.timed("warm-up (kept warm since the last comparison)")
         else:
             baseline = open_side(baseline_job)
             handles.append(baseline)
@@ -512,22 +375,26 @@ def compare(
         if mode == "interleaved":
             optimized = open_side(optimized_job)
             handles.append(optimized)
-            optimized_setup = optimized.prepare()
-            stopped = _interleave(baseline, optimized, run, runs, max_runs=max_runs)
+            try:
+                optimized_setup = optimized.prepare()
+            except OptimError:
+                # The optimized side could not load or apply: the baseline did nothing wrong and stays warm for
+                # the next comparison (a GPU check goes on to its next case without reloading it).
+                keep_baseline = baseline_cache is not None
+                raise
+            turns = take_turns(baseline, optimized, Plan.for_run(run, max_runs=max_runs), device=run.device)
             baseline_final, optimized_final = baseline.finish(), optimized.finish()
-            order = "in turns, balanced: baseline-optimized, then optimized-baseline, and so on"
             keep_baseline = baseline_cache is not None
         else:
-            baseline_setup, optimized_setup, baseline_final, optimized_final, stopped = _sequential(
-                baseline, baseline_setup, open_side, baseline_job, optimized_job, run, runs, handles, max_runs)
-            order = "in blocks: baseline, optimized, baseline again (reloaded)"
+            baseline_setup, optimized_setup, baseline_final, optimized_final, sequence = _sequential(
+                baseline, baseline_setup, open_side, baseline_job, optimized_job, run, turns, handles, max_runs)
     finally:
         for handle in handles:
             if keep_baseline and handle is baseline:
                 continue
             handle.close()
-    if keep_baseline:
-        baseline_cache.put(key, baseline, baseline_setup)
+        if keep_baseline:
+            baseline_cache.put(key, baseline, baseline_setup)
 
     reuse = ("the baseline's process was kept loaded from an earlier comparison with the same settings: its load, "
              "probe and warm-up were reused; its timed runs were taken now, "
@@ -536,19 +403,21 @@ def compare(
         progress("metrics", 0, 1)
     return Comparison.from_sides(
         run, preset,
-        SideResult.build("baseline", baseline_setup, runs.baseline, baseline_final),
-        SideResult.build("optimized", optimized_setup, runs.optimized, optimized_final),
+        SideResult.build("baseline", baseline_setup, turns.baseline, baseline_final),
+        SideResult.build("optimized", optimized_setup, turns.optimized, optimized_final),
         environment=environment(run, isolation, optimized_setup),
-        timing=_summary(mode, reason, order, run, runs, stopped, reuse),
+        timing=summarize(mode, reason, run, turns, reuse=reuse,
+                         sequence=None if mode == "interleaved" else sequence),
         baseline_reused=reused, started=started,
     )
 
 
 def _sequential(baseline: SideHandle, baseline_setup: Setup, open_side: Callable[[SideJob], SideHandle],
-                baseline_job: SideJob, optimized_job: SideJob, run: ResolvedRun, runs: _Runs,
+                baseline_job: SideJob, optimized_job: SideJob, run: ResolvedRun, runs: Turns,
                 handles: list[SideHandle], max_runs: int | None) -> tuple[Setup, Setup, Final, Final, str]:
     """Blocks, one side loaded at a time: baseline, optimized, then the baseline again (reloaded), so a drift of
-    the machine over the comparison shows up on both sides of the optimized block."""
+    the machine over the comparison shows up on both sides of the optimized block. Returns the sides' setups
+    and finals and the sequence run ('BBB OOOOOO BBB')."""
     total = run.timed_runs if isinstance(run.timed_runs, int) else min(SEQUENTIAL_AUTO_RUNS, max_runs or 50)
     first = max(1, (total + 1) // 2) if total > 1 else 1
     for index in range(first):
@@ -580,7 +449,8 @@ def _sequential(baseline: SideHandle, baseline_setup: Setup, open_side: Callable
         same = bool(np.array_equal(baseline_final.image, second.image))
         baseline_final = Final(image=second.image, deterministic=baseline_final.deterministic and second.deterministic
                                and same, probe_matches_timed=second.probe_matches_timed)
-    stopped = f"{total} run{'s' if total != 1 else ''} per side" + (" (auto: a fixed count when sequential)"
-                                                                     if run.timed_runs == "auto" else "")
-    return baseline_setup, optimized_setup, baseline_final, optimized_final, stopped
+    runs.stopped_because = f"{total} run{'s' if total != 1 else ''} per side" + (
+        " (auto: a fixed count when sequential)" if run.timed_runs == "auto" else "")
+    sequence = " ".join(part for part in ("B" * first, "O" * total, "B" * (total - first)) if part)
+    return baseline_setup, optimized_setup, baseline_final, optimized_final, sequence
 

@@ -25,6 +25,7 @@ OMP_NUM_THREADS to choose otherwise.
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from dataclasses import asdict, dataclass
@@ -68,14 +69,238 @@ def _proc_stat() -> tuple[float, float] | None:
     return (user + nice + system + irq + softirq) / tick, steal / tick
 
 
+def _schedstat() -> tuple[float, float] | None:
+    """(seconds on a CPU, seconds ready to run but waiting for one) of this process's main thread, the one that
+    runs the pipeline, from the kernel's /proc/self/schedstat (None where it is missing)."""
+    try:
+        with open("/proc/self/schedstat") as handle:
+            fields = handle.read().split()
+    except OSError:
+        return None
+    return int(fields[0]) / 1e9, int(fields[1]) / 1e9
+
+
+def _current_core() -> int | None:
+    """The CPU this process's main thread last ran on (field 39 of /proc/self/stat)."""
+    try:
+        with open("/proc/self/stat") as handle:
+            text = handle.read()
+    except OSError:
+        return None
+    return int(text.rsplit(")", 1)[1].split()[36])
+
+
+def _involuntary_switches() -> int:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_nivcsw
+
+
+# ------------------------------------------------------------------------------------- whose CPU time it was
+
+# Set by `optim.worker` in every side's environment: the process that started the lab's workers (the CLI, the
+# app's server, a test). Set by `lab.server` when it serves: the port a browser showing the lab's page is
+# connected to.
+LAB_PID_ENV = "OPTIM_LAB_PID"
+LAB_PORT_ENV = "OPTIM_LAB_PORT"
+# The lab's own worker machinery, recognised by the module each process runs (`optim.worker._command`).
+LAB_WORKER_MODULES = ("optim.zygote", "optim.spare")
+NEIGHBOURS_REFRESH_S = 5.0
+
+
+def _proc_table() -> dict[int, tuple[int, float, str]]:
+    """{pid: (parent pid, CPU seconds so far, command name)} of every process /proc shows."""
+    tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    table = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        stat = _pid_stat(int(name), tick)
+        if stat is not None:
+            table[int(name)] = stat
+    return table
+
+
+def _pid_stat(pid: int, tick: float) -> tuple[int, float, str] | None:
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            text = handle.read()
+    except OSError:
+        return None
+    head, _, rest = text.rpartition(")")
+    fields = rest.split()
+    return int(fields[1]), (int(fields[11]) + int(fields[12])) / tick, head.partition("(")[2]
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as handle:
+            return handle.read().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def _descendants(roots: set[int], table: dict[int, tuple[int, float, str]]) -> set[int]:
+    children: dict[int, list[int]] = {}
+    for pid, (parent, _, _) in table.items():
+        children.setdefault(parent, []).append(pid)
+    found, todo = set(), list(roots)
+    while todo:
+        pid = todo.pop()
+        if pid in found or pid not in table:
+            continue
+        found.add(pid)
+        todo.extend(children.get(pid, ()))
+    return found
+
+
+def _client_sockets(port: int) -> set[str]:
+    """Inodes of this machine's TCP connections to `port` from the client's end (a browser showing the page)."""
+    inodes = set()
+    for name in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(name) as handle:
+                lines = handle.readlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if len(fields) > 9 and int(fields[2].rsplit(":", 1)[1], 16) == port and fields[3] == "01":
+                inodes.add(fields[9])
+    return inodes
+
+
+def _holders(inodes: set[str], pids: set[int]) -> set[int]:
+    """The processes among `pids` holding one of these socket inodes."""
+    wanted = {f"socket:[{inode}]" for inode in inodes}
+    holders = set()
+    for pid in pids:
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                if os.readlink(f"/proc/{pid}/fd/{fd}") in wanted:
+                    holders.add(pid)
+                    break
+            except OSError:
+                continue
+    return holders
+
+
+def _ancestors(pid: int, table: dict[int, tuple[int, float, str]]) -> set[int]:
+    found = set()
+    while pid in table and pid not in found:
+        found.add(pid)
+        pid = table[pid][0]
+    return found
+
+
+def _browser_root(pid: int, table: dict[int, tuple[int, float, str]], stop: set[int]) -> int:
+    """Walk up from a browser's network process to its main process: the topmost ancestor running the same
+    program, never into `stop` (this process, its ancestors, the lab)."""
+    name = table[pid][2]
+    while True:
+        parent = table[pid][0]
+        if parent not in table or parent in stop or table[parent][2] != name:
+            return pid
+        pid = parent
+
+
+@dataclass(frozen=True)
+class Neighbours:
+    """The processes whose CPU time is not "other work": the lab's own (the process that started the workers,
+    its zygote or spares and every worker under them) and the browsers showing the lab's page."""
+
+    lab: frozenset[int]
+    page: frozenset[int]
+
+    @classmethod
+    def find(cls, environ: dict[str, str] | None = None) -> Neighbours:
+        env = os.environ if environ is None else environ
+        try:
+            table = _proc_table()
+        except OSError:
+            return cls(frozenset(), frozenset())
+        lab: set[int] = set()
+        root = int(env.get(LAB_PID_ENV) or 0)
+        if root in table:
+            machinery = {pid for pid, (parent, _, _) in table.items()
+                         if parent == root and any(module in _cmdline(pid) for module in LAB_WORKER_MODULES)}
+            lab = {root} | _descendants(machinery, table)
+        page: set[int] = set()
+        port = int(env.get(LAB_PORT_ENV) or 0)
+        me = os.getpid()
+        if port:
+            stop = lab | _ancestors(me, table)
+            for holder in _holders(_client_sockets(port), set(table) - stop):
+                page |= _descendants({_browser_root(holder, table, stop)}, table)
+        return cls(frozenset(lab - {me}), frozenset(page - lab - {me}))
+
+
+class NeighbourClock:
+    """CPU seconds the lab's other processes and the page's browser have used, read around each timed run;
+    who they are is looked up again at most every `NEIGHBOURS_REFRESH_S` (processes come and go)."""
+
+    def __init__(self) -> None:
+        self._found_at = -math.inf
+        self._neighbours = Neighbours(frozenset(), frozenset())
+        self._tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+    def read(self) -> dict[int, float]:
+        now = time.monotonic()
+        if now - self._found_at > NEIGHBOURS_REFRESH_S:
+            self._neighbours, self._found_at = Neighbours.find(), now
+        times = {}
+        for pid in self._neighbours.lab | self._neighbours.page:
+            stat = _pid_stat(pid, self._tick)
+            if stat is not None:
+                times[pid] = stat[1]
+        return times
+
+    def split(self, before: dict[int, float], after: dict[int, float]) -> tuple[float, float]:
+        """(lab, page) CPU seconds between two readings, over the processes present in both."""
+        lab = page = 0.0
+        for pid, cpu in after.items():
+            if pid in before:
+                used = max(0.0, cpu - before[pid])
+                if pid in self._neighbours.page:
+                    page += used
+                else:
+                    lab += used
+        return lab, page
+
+
+_NEIGHBOURS: NeighbourClock | None = None
+
+
+def neighbour_clock() -> NeighbourClock:
+    global _NEIGHBOURS
+    if _NEIGHBOURS is None:
+        _NEIGHBOURS = NeighbourClock()
+    return _NEIGHBOURS
+
+
 @dataclass(frozen=True)
 class Load:
     """The machine during one timed run."""
 
     cpu_s: float  # this process's CPU time (all threads)
-    others_cpu_s: float | None  # CPU time other processes used (None without /proc/stat)
+    others_cpu_s: float | None  # CPU time foreign processes used (None without /proc/stat): not the lab, not its page
     steal_s: float | None
-    busy: bool
+    busy: bool  # foreign processes used more than BUSY_CORES of a core, or the hypervisor stole time
+    # Time this side's main thread was ready to run but waited for a CPU (the kernel's run-queue wait; None
+    # without schedstat), the core it ran on at the start and at the end, and how often the kernel took the CPU
+    # away from it (involuntary context switches).
+    wait_s: float | None = None
+    core_start: int | None = None
+    core_end: int | None = None
+    preempted: int | None = None
+    # CPU time of the lab's own other processes (the server or CLI, its other workers) and of the browser that
+    # shows the lab's page: counted apart, never as "other processes".
+    lab_cpu_s: float | None = None
+    page_cpu_s: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -85,6 +310,11 @@ class LoadMeter:
     """`start()` before a timed call, `stop(wall_s)` after it."""
 
     def start(self) -> LoadMeter:
+        self._clock = neighbour_clock()
+        self._neighbours = self._clock.read()
+        self._core = _current_core()
+        self._switches = _involuntary_switches()
+        self._sched = _schedstat()
         self._cpu = time.process_time()
         self._stat = _proc_stat()
         return self
@@ -92,14 +322,19 @@ class LoadMeter:
     def stop(self, wall_s: float) -> Load:
         cpu = time.process_time() - self._cpu
         after = _proc_stat()
+        sched = _schedstat()
+        lab, page = self._clock.split(self._neighbours, self._clock.read())
+        wait = sched[1] - self._sched[1] if sched is not None and self._sched is not None else None
+        extra = {"wait_s": wait, "core_start": self._core, "core_end": _current_core(),
+                 "preempted": _involuntary_switches() - self._switches, "lab_cpu_s": lab, "page_cpu_s": page}
         if self._stat is None or after is None:
-            return Load(cpu, None, None, False)
+            return Load(cpu, None, None, False, **extra)
         machine = after[0] - self._stat[0]
         steal = after[1] - self._stat[1]
         # /proc/stat counts in ticks (10 ms): a few ticks of rounding are not another process.
-        others = max(0.0, machine - cpu - 0.02)
+        others = max(0.0, machine - cpu - lab - page - 0.02)
         busy = wall_s > 0 and (others / wall_s > BUSY_CORES or steal / wall_s > BUSY_STEAL_SHARE * available_cores())
-        return Load(cpu, others, steal, busy)
+        return Load(cpu, others, steal, busy, **extra)
 
 
 def steady_threads() -> None:

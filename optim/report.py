@@ -82,11 +82,17 @@ def speedup_cell(report: Report) -> str:
 
 
 def memory_cell(report: Report) -> str:
-    saving = report.timing.memory_saving_mb
-    if saving.low is None:
-        return f"{report.memory_saving_mb:+.1f} MB saved"
-    word = {"less": "uses less", "more": "uses more"}.get(saving.verdict, saving.verdict)
-    return f"{saving.estimate:+.1f} MB saved ({saving.low:+.1f} to {saving.high:+.1f}, {word})"
+    """'+412.0 MB saved (95% CI +400.1 to +423.9, uses less)': the one figure for the saving, everywhere."""
+    return report.timing.memory_saving_mb.text
+
+
+def estimator_sentence(report: Report) -> str:
+    """Which time per run the ratio comes from, why, and what wall time alone says."""
+    timing = report.timing
+    sentence = f"The ratio is taken from {timing.estimator.description}: {timing.estimator.why}."
+    if timing.estimator.name != "wall":
+        sentence += f" From wall time alone: {timing.speedup_wall.text}."
+    return sentence
 
 
 def runs_text(report: Report) -> str:
@@ -100,8 +106,8 @@ def summary_rows(report: Report) -> list[tuple[str, str, str]]:
     """(metric, baseline, optimized) rows shared by the CLI table, report.md and the app's metrics table."""
     b, o = report.baseline, report.optimized
 
-    def latency(side: SideReport) -> str:
-        lat = side.latency_s
+    def latency(side: SideReport, wall: bool = False) -> str:
+        lat = side.latency_s if wall else side.time_s
         return f"{fmt_s(lat.median)} ({fmt_s(lat.min)}-{fmt_s(lat.max)})"
 
     def per_step(side: SideReport) -> str:
@@ -110,8 +116,10 @@ def summary_rows(report: Report) -> list[tuple[str, str, str]]:
 
     quality = report.quality
     psnr = "identical" if quality.psnr_db is None else f"{quality.psnr_db:.2f} dB"
+    own = report.timing.estimator.name == "own"
     rows = [
-        ("latency median (min-max)", latency(b), latency(o)),
+        ("own time median (min-max)" if own else "latency median (min-max)", latency(b), latency(o)),
+        *([("wall time median (min-max)", latency(b, True), latency(o, True))] if own else []),
         ("speedup (95% CI, verdict)", "1.00x", speedup_cell(report)),
         ("mean time per step", per_step(b), per_step(o)),
         ("peak memory", fmt_mb(b.peak_memory_mb), fmt_mb(o.peak_memory_mb)),
@@ -179,6 +187,8 @@ def markdown(report: Report) -> str:
         f"{preset.description}".strip(),
         "",
         f"**{timing.speedup.text}.**",
+        "",
+        estimator_sentence(report),
         "",
         f"Model `{run['model']}`, prompt \"{run['prompt']}\", seed {run['seed']}, {run['steps']} steps, "
         f"{run['width']}x{run['height']}{frames_text(report)}, guidance {run['guidance_scale']}, {run['dtype']} on "

@@ -15,7 +15,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-REPORT_SCHEMA_VERSION = 2
+REPORT_SCHEMA_VERSION = 3
 
 
 class _Data(BaseModel):
@@ -32,12 +32,24 @@ class LatencyStats(_Data):
 class RunRecord(_Data):
     """One timed run and what the machine was doing meanwhile."""
 
-    latency_s: float
+    latency_s: float = Field(description="wall time of the pipeline call")
+    time_s: float = Field(description="the time the ratio is taken from (timing.estimator): wall time, or on a CPU "
+                          "wall time less run-queue wait")
     peak_memory_mb: float
     cpu_s: float = Field(description="this side's process CPU time during the run (all its threads)")
-    others_cpu_s: float | None = Field(description="CPU time other processes used meanwhile (from /proc/stat)")
+    others_cpu_s: float | None = Field(description="CPU time foreign processes used meanwhile (from /proc/stat): not "
+                                       "the lab's own processes, not the browser showing its page")
     steal_s: float | None
-    busy: bool = Field(description="others used more than a quarter of a core, or the hypervisor stole time")
+    busy: bool = Field(description="foreign processes used more than a quarter of a core, or the hypervisor stole "
+                       "time")
+    wait_s: float | None = Field(None, description="time this side's threads were ready to run but waited for a "
+                                 "CPU (the kernel's run-queue wait, from schedstat)")
+    core_start: int | None = Field(None, description="the CPU core this side ran on when the run started")
+    core_end: int | None = Field(None, description="the CPU core it ran on when the run ended")
+    preempted: int | None = Field(None, description="involuntary context switches during the run")
+    lab_cpu_s: float | None = Field(None, description="CPU time of the lab's own other processes (its server or CLI, "
+                                    "its other workers)")
+    page_cpu_s: float | None = Field(None, description="CPU time of the browser showing the lab's page")
 
 
 class Quantized(_Data):
@@ -46,7 +58,8 @@ class Quantized(_Data):
 
 
 class SideReport(_Data):
-    latency_s: LatencyStats
+    latency_s: LatencyStats = Field(description="wall time of the timed runs")
+    time_s: LatencyStats = Field(description="the time the ratio is taken from (timing.estimator)")
     per_step_s: list[float] = Field(description="median time of each denoising step over the timed runs")
     peak_memory_mb: float = Field(
         description="GPU allocated on CUDA; process RSS growth on a CPU (the most of any run)")
@@ -88,7 +101,11 @@ class DifferenceInterval(_Data):
     low: float | None
     high: float | None
     runs: int
-    verdict: str
+    verdict: str = Field(description="less, more, equivalent (the whole interval within +-band), inconclusive, or "
+                         "too few runs")
+    method: str
+    band: float = Field(description="MB too small to count as a difference")
+    text: str
 
 
 class Contention(_Data):
@@ -96,14 +113,25 @@ class Contention(_Data):
     runs: int
     busy_share: float
     busy_threshold_cores: float
-    others_cores_mean: float | None
+    others_cores_mean: float | None = Field(description="foreign processes' CPU use during the runs, in cores")
+    lab_cores_mean: float | None = Field(description="the lab's own other processes, in cores (not contention)")
+    page_cores_mean: float | None = Field(description="the browser showing the lab's page, in cores (not contention)")
+    wait_share_mean: float | None = Field(description="share of a run's wall time its process waited for a CPU")
     note: str | None
+
+
+class Estimator(_Data):
+    name: str = Field(description="own (wall time less run-queue wait) or wall")
+    description: str
+    why: str
 
 
 class TimingReport(_Data):
     mode: str = Field(description="interleaved (both sides loaded, runs in turns) or sequential (blocks)")
     reason: str | None
     order: str
+    sequence: str = Field(description="the order the runs were taken in: each pair's order (BO: baseline first), "
+                          "or the sequential blocks")
     runs_per_side: int
     auto: bool
     target_precision: float
@@ -111,7 +139,9 @@ class TimingReport(_Data):
     timed_s: float
     stopped_because: str
     target_met: bool | None
-    speedup: Interval
+    estimator: Estimator
+    speedup: Interval = Field(description="the headline ratio, from the estimator's times")
+    speedup_wall: Interval = Field(description="the same ratio from wall times, for reference")
     memory_saving_mb: DifferenceInterval
     contention: Contention
     baseline_reuse: str | None
@@ -179,9 +209,10 @@ class Report(_Data):
     optimized: SideReport
     speedup: float = Field(description="baseline time / optimized time: the geometric mean of the paired ratios")
     speedup_interval: list[float | None] = Field(description="its 95% confidence interval [low, high]")
-    verdict: str = Field(description="faster, slower, no measurable difference, or too few runs")
+    verdict: str = Field(description="faster or slower (the whole interval beyond the 5% band), equivalent (wholly "
+                         "inside it), inconclusive, or too few runs")
     timing: TimingReport
-    memory_saving_mb: float
+    memory_saving_mb: float = Field(description="baseline peak - optimized peak: timing.memory_saving_mb's estimate")
     quality: Quality
     elapsed_s: float
     files: list[str] = Field(default_factory=list)

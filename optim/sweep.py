@@ -44,7 +44,7 @@ from optim.measure import Item, Setup, SideJob, swappable
 from optim.metrics import image_quality
 from optim.presets import load_json, make_preset, preset_to_json
 from optim.prompts import PromptSet
-from optim.stats import paired_ratio_interval
+from optim.timing import Plan, Turns, paired_speedup, take_turns
 
 MAX_SPACE_BYTES = 64 * 1024
 SWEEPS_DIR = DATA_DIR / "sweeps"
@@ -322,7 +322,7 @@ class Evaluator:
             worker, setup, reused = self._worker_for(point.optim)
             probes = worker.probes
             self.pipeline_s += sum(probe.latency_s for probe in probes) + sum(setup.warmup_s[1:])
-            baseline_times, optimized_times, optimized_peaks = self._time(worker)
+            turns = self._time(worker)
             images = worker.images()
         except Cancelled:
             raise
@@ -331,39 +331,24 @@ class Evaluator:
                 self._worker.close()
                 self._worker, self._worker_optim = None, None
             return {**row, "status": "failed", "reason": str(error)}
-        row.update(self._row(point, setup, probes, images, baseline_times, optimized_times, optimized_peaks,
-                             reused))
+        row.update(self._row(point, setup, probes, images, turns, reused))
         row["elapsed_s"] = time.perf_counter() - started
         return row
 
-    def _time(self, worker: Any) -> tuple[list[float], list[float], list[float]]:
-        """Pairs in turns over the items (item k % n, order alternating), at least one per item, then until the
-        interval is within the target or the point's budget is spent."""
-        baseline_times, optimized_times, peaks = [], [], []
-        pair, spent = 0, 0.0
-        while True:
-            item = pair % len(self.items)
-            sides = (("baseline", self._baseline), ("optimized", worker))
-            for name, handle in (sides if pair % 2 == 0 else sides[::-1]):
-                timing = handle.timed(f"timed run {pair + 1}", item)
-                spent += timing.latency_s
-                if name == "baseline":
-                    baseline_times.append(timing.latency_s)
-                else:
-                    optimized_times.append(timing.latency_s)
-                    peaks.append(timing.peak_memory_mb)
-            pair += 1
-            if pair < max(len(self.items), 4):
-                continue
-            interval = paired_ratio_interval(baseline_times, optimized_times)
-            if (interval.half_width is not None and interval.half_width <= self.target) or spent >= self.point_budget_s:
-                break
-        self.pipeline_s += spent
-        return baseline_times, optimized_times, peaks
+    def _time(self, worker: Any) -> Turns:
+        """The point's runs in turns with the baseline, under the one timing protocol (`optim.timing`): balanced
+        blocks, one prompt per block in turn, at least one block per prompt, then until the interval is within
+        the target or the point's budget is spent."""
+        plan = Plan.for_sweep(len(self.items), target_precision=self.target, time_budget_s=self.point_budget_s)
+        turns = take_turns(self._baseline, worker, plan, device=self.run.device,
+                           label=lambda pair: f"timed run {pair + 1}")
+        self.pipeline_s += turns.timed_s
+        return turns
 
-    def _row(self, point: Point, setup: Setup, probes: list[Any], images: list[Any], baseline_times: list[float],
-             optimized_times: list[float], peaks: list[float], reused: bool) -> dict[str, Any]:
-        interval = paired_ratio_interval(baseline_times, optimized_times)
+    def _row(self, point: Point, setup: Setup, probes: list[Any], images: list[Any], turns: Turns,
+             reused: bool) -> dict[str, Any]:
+        interval, estimator = paired_speedup(turns.baseline, turns.optimized, self.run.device)
+        optimized_walls = [t.latency_s for t in turns.optimized]  # the cold compile is wall time
         per_item = []
         for index, (item, image) in enumerate(zip(self.items, images)):
             quality = image_quality(self._baseline_images[index], image)
@@ -384,15 +369,17 @@ class Evaluator:
             "speedup_high": interval.high,
             "verdict": interval.verdict,
             "pairs": interval.runs,
+            "estimator": estimator,
+            "sequence": turns.sequence,
             "work_fraction": statistics.fmean(e["work_fraction"] for e in per_item),
-            "peak_memory_mb": max(peaks),
+            "peak_memory_mb": max(t.peak_memory_mb for t in turns.optimized),
             "baseline_peak_memory_mb": (self._baseline_setup.setup_peak_mb if self._baseline_setup else None),
             "psnr_mean": statistics.fmean(psnr),
             "psnr_worst": min(psnr),
             "ssim_mean": statistics.fmean(ssim),
             "ssim_worst": min(ssim),
             "adherence": (statistics.fmean(e["adherent"] for e in per_item) if self._adherent else None),
-            "compile_s": (max(0.0, setup.warmup_s[1] - statistics.median(optimized_times)) if compiled else None),
+            "compile_s": (max(0.0, setup.warmup_s[1] - statistics.median(optimized_walls)) if compiled else None),
             "worker_reused": reused,
             "applied": setup.applied,
             "items": per_item,

@@ -64,10 +64,11 @@ def start_method(environ: dict[str, str] | None = None) -> str:
 
 
 def worker_environment() -> dict[str, str]:
-    """Ours, plus the thread settings that keep timings steady (`optim.machine`) unless the user chose others."""
-    from optim.machine import WORKER_ENVIRONMENT
+    """Ours, plus the thread settings that keep timings steady (`optim.machine`) unless the user chose others, and
+    this process's pid: the lab's root, whose CPU time (and its workers') a side does not count as contention."""
+    from optim.machine import LAB_PID_ENV, WORKER_ENVIRONMENT
 
-    return {**WORKER_ENVIRONMENT, **os.environ}
+    return {**WORKER_ENVIRONMENT, **os.environ, LAB_PID_ENV: str(os.getpid())}
 
 
 def _command(module: str, *args: str) -> list[str]:

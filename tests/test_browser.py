@@ -44,9 +44,12 @@ def context():
 @pytest.fixture(scope="module")
 def server_url(context):
     from lab.layout import LAUNCH_KWARGS, build_demo
+    from lab.server import announce_port
 
     demo = build_demo(context)
-    demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=free_port(), quiet=True,
+    port = free_port()
+    announce_port(port)  # the page this test's browser opens is the lab's own, not contention
+    demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=port, quiet=True,
                 **LAUNCH_KWARGS)
     try:
         yield demo.local_url

@@ -30,10 +30,14 @@ pytestmark = [
 def server_url():
     from lab.context import ServerContext
     from lab.layout import LAUNCH_KWARGS, build_demo
+    from lab.server import announce_port
 
     ctx = ServerContext.create()
     demo = build_demo(ctx)
-    demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=free_port(), quiet=True,
+
+    port = free_port()
+    announce_port(port)  # the page this test's browser opens is the lab's own, not contention
+    demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=port, quiet=True,
                 **LAUNCH_KWARGS)
     try:
         yield demo.local_url

@@ -38,12 +38,21 @@ def test_baseline_preset_is_bit_identical_and_report_is_complete(tmp_path):
     assert set(report["environment"]) >= {"device", "device_name", "python", "torch", "diffusers"}
     assert report["run"]["width"] == 128 and report["run"]["steps"] == 6
     assert report["preset"]["name"] == "baseline" and "cache" in report["preset"]["optim"]
-    # The speedup is the geometric mean of the paired ratios (runs taken in turns), with its interval.
-    pairs = zip(report["baseline"]["latency_s"]["runs"], report["optimized"]["latency_s"]["runs"])
+    # The speedup is the geometric mean of the paired ratios (runs taken in turns) of each run's own time (wall
+    # time less its run-queue wait, on a CPU), with its interval; wall time's ratio is reported beside it.
+    assert report["timing"]["estimator"]["name"] == "own"
+    for side in ("baseline", "optimized"):
+        for run in report[side]["runs"]:
+            assert run["time_s"] == pytest.approx(run["latency_s"] - run["wait_s"]) and run["wait_s"] >= 0
+    pairs = zip(report["baseline"]["time_s"]["runs"], report["optimized"]["time_s"]["runs"])
     assert report["speedup"] == pytest.approx(math.exp(statistics.fmean(math.log(b / o) for b, o in pairs)))
+    walls = zip(report["baseline"]["latency_s"]["runs"], report["optimized"]["latency_s"]["runs"])
+    assert report["timing"]["speedup_wall"]["estimate"] == pytest.approx(
+        math.exp(statistics.fmean(math.log(b / o) for b, o in walls)))
+    assert len(report["timing"]["sequence"].split()) == 2
     low, high = report["speedup_interval"]
     assert low < report["speedup"] < high and report["timing"]["mode"] == "interleaved"
-    assert report["verdict"] in ("faster", "slower", "no measurable difference")
+    assert report["verdict"] in ("faster", "slower", "equivalent", "inconclusive")
     on_disk = json.loads((tmp_path / "report.json").read_text())
     assert on_disk["quality"] == report["quality"]
     for name in ("baseline.png", "optimized.png", "diff.png", "latency.png", "per_step.png", "memory.png", "report.md"):
