@@ -45,6 +45,11 @@ def main() -> int:
         help="compare each preset this many times (fresh processes each) and report the median speedup: on a "
              "shared machine one process can run several percent slower than the next",
     )
+    parser.add_argument(
+        "--quick", action="store_true",
+        help="the GPU check's protocol: 2 timed runs per side (no auto minimum) unless --runs is given, and one "
+             "baseline loaded once and kept warm for every preset (re-timed in turns with each)",
+    )
     parser.add_argument("--record", type=Path, default=ROOT / "benchmarks" / "records", help="directory for the record")
     parser.add_argument("--no-record", action="store_true")
     args = parser.parse_args()
@@ -54,10 +59,12 @@ def main() -> int:
     quiet_libraries()
     from optim.capabilities import device_info
     from optim.config import parse_run
-    from optim.engine import compare
+    from optim.engine import BaselineCache, compare
     from optim.errors import OptimError
     from optim.presets import load_preset
 
+    if args.quick and args.runs == "auto":
+        args.runs = "2"
     runs = args.runs if args.runs == "auto" else int(args.runs)
     settings = {"model": args.model, "timed_runs": runs, "warmup_runs": args.warmup, "time_budget_s": args.budget}
     for name in ("prompt", "steps", "width", "height"):
@@ -65,11 +72,12 @@ def main() -> int:
             settings[name] = getattr(args, name)
     run = parse_run(settings)
     rows, reports = [], []
+    warm = BaselineCache() if args.quick else None  # one baseline for every preset, re-timed with each
     for name in args.presets.split(","):
         preset = load_preset(name.strip())
         print(f"{preset.name} ...", file=sys.stderr, flush=True)
         try:
-            repeats = [compare(run, preset).to_report() for _ in range(args.repeats)]
+            repeats = [compare(run, preset, baseline_cache=warm).to_report() for _ in range(args.repeats)]
         except OptimError as error:
             rows.append({"preset": preset.name, "error": str(error)})
             print(f"  failed: {error}", file=sys.stderr)
@@ -101,6 +109,8 @@ def main() -> int:
             "warnings": o["warnings"],
         })
 
+    if warm is not None:
+        warm.clear()
     info = dataclasses.asdict(device_info())
     resolved = reports[0]["run"] if reports else settings
     table = markdown_table(rows)

@@ -28,7 +28,10 @@ def apply_before_probe(
 ) -> None:
     """Everything except compile. Quantization already happened at load; it is recorded here for the report."""
     if not isinstance(optim.quantization, C.NoQuantization):
-        applied.add(f"quantization: {describe_quantization(optim.quantization)} (at load)")
+        # A synthetic model built in memory was quantized after it was built (`optim.models.load_pipeline`).
+        lines = getattr(pipe, "_lab_quantized", None) or [f"{describe_quantization(optim.quantization)} (at load)"]
+        for line in lines:
+            applied.add(f"quantization: {line}")
     apply_attention(pipe, optim.attention, applied)
     # Both guidance branches batched in one call, which only happens at guidance > 1 (do_classifier_free_guidance).
     batched_cfg = guidance_style(pipe) == "cfg" and run.guidance_scale > 1.0

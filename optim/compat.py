@@ -96,12 +96,19 @@ def _takes_frames(pipeline_class: Any) -> bool:
     return "num_frames" in inspect.signature(pipeline_class.__call__).parameters
 
 
+def _runs_on_cpu(synthetic: str) -> bool:
+    from optim.synthetic import SYNTHETIC_MODELS
+
+    found = SYNTHETIC_MODELS.get(synthetic.split(":", 1)[-1])
+    return bool(found and found.runs_on_cpu)
+
+
 def check(optim: C.OptimConfig, run: ResolvedRun, model: ModelInfo) -> None:
     """Raise `UnavailableError` or `IncompatibleError` if the optimized side cannot run here."""
     cuda = run.device == "cuda"
     caps = detect()
 
-    if model.synthetic and not cuda:
+    if model.synthetic and not cuda and not _runs_on_cpu(model.synthetic):
         raise UnavailableError(
             f"{model.synthetic} has a full-size model's dimensions with random weights, for measuring GPUs: it "
             "needs a CUDA GPU (on a CPU it would not fit in memory, or take minutes per step). Use 'embedded' here"
@@ -314,7 +321,10 @@ def _check_quantization(quant: Any, model: ModelInfo, cuda: bool) -> None:
         raise UnavailableError(f"quantization {quant.backend!r} is not available here: {reason}")
     if quant.backend.startswith("bitsandbytes"):
         on_diffusers = [c for c in quant.components if components[c] == "diffusers"]
-        if on_diffusers and not cuda:
+        # A small synthetic model is built and quantized in memory (`optim.techniques.quantization.
+        # quantize_in_memory`), where bitsandbytes quantizes on a CPU too: the GPU check's dry run.
+        in_memory = bool(model.synthetic) and _runs_on_cpu(model.synthetic)
+        if on_diffusers and not cuda and not in_memory:
             raise UnavailableError(
                 f"bitsandbytes on {', '.join(on_diffusers)} needs a CUDA GPU (diffusers: 'No GPU found. A GPU is "
                 "needed for quantization'); on CPU choose only text encoders, or use torchao or quanto"

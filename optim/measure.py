@@ -240,7 +240,9 @@ class Side:
             # memory the model uses.
             quant_config = build_quantization_config(optim.quantization, model_components(self.job.model))
         self.memory = MemoryProbe(run.device).start()
-        self.pipe = pipe = load_pipeline(self.job.model, dtype=run.dtype, quantization_config=quant_config)
+        self.pipe = pipe = load_pipeline(self.job.model, dtype=run.dtype, quantization_config=quant_config,
+                                         quantization=optim.quantization, device=run.device,
+                                         offload=optim.offload.mode != "none")
         if optim.offload.mode == "none":
             pipe.to(run.device)
         self._load_s = time.perf_counter() - started

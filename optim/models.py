@@ -323,16 +323,24 @@ def model_components(ref: ModelRef) -> dict[str, str]:
     return quantizable_components(read_model_index(ref))
 
 
-def load_pipeline(ref: ModelRef, *, dtype: str, quantization_config: Any = None) -> Any:
-    """Load the pipeline with `from_pretrained` (safetensors only, no remote code). A synthetic model is written
-    to the model cache first (once), then loaded from there like any local folder."""
+def load_pipeline(ref: ModelRef, *, dtype: str, quantization_config: Any = None, quantization: Any = None,
+                  device: str = "cpu", offload: bool = False) -> Any:
+    """Load the pipeline with `from_pretrained` (safetensors only, no remote code), quantized at load by
+    `quantization_config`. A synthetic model is built straight into memory on `device` where its quantization
+    allows (`optim.synthetic.build_pipeline`, then `quantize_in_memory` with the lab's `quantization` settings);
+    otherwise it is written to the model cache once and loaded from there like any local folder. With
+    `offload`, a synthetic model too large for the GPU's free memory is placed in host memory instead."""
     import torch
     from diffusers import DiffusionPipeline
 
     location = ref.location
     if ref.kind == "synthetic":
-        from optim.synthetic import synthetic_model_path
+        from optim.synthetic import SYNTHETIC_MODELS, builds_in_memory, synthetic_model_path
 
+        model = SYNTHETIC_MODELS[ref.location]
+        # (a load-time config without the lab's settings it came from can only be applied by from_pretrained)
+        if builds_in_memory(quantization) and (quantization_config is None or quantization is not None):
+            return _build_synthetic(model, dtype=dtype, quantization=quantization, device=device, offload=offload)
         location = str(synthetic_model_path(ref.location))
     else:
         read_model_index(ref)
@@ -347,6 +355,26 @@ def load_pipeline(ref: ModelRef, *, dtype: str, quantization_config: Any = None)
         if ref.kind == "hub":
             raise ModelError(_hub_message(ref.location, error)) from None
         raise ModelError(f"model {ref.name!r} could not be loaded from {location}: {_first_line(error)}") from None
+
+
+def _build_synthetic(model: Any, *, dtype: str, quantization: Any, device: str, offload: bool) -> Any:
+    """A synthetic model in memory: on the GPU when it fits (or when nothing will move it off), else in host
+    memory with its random values still drawn on the GPU."""
+    import torch
+
+    from optim import config as C
+    from optim.synthetic import build_pipeline, weights_bytes
+    from optim.techniques.quantization import quantize_in_memory
+
+    place = device
+    if device == "cuda" and offload:
+        free, _ = torch.cuda.mem_get_info()
+        if weights_bytes(model) * 1.1 > free:
+            place = "cpu"
+    pipe = build_pipeline(model, place=place, fill_device=device, dtype=dtype)
+    if quantization is not None and not isinstance(quantization, C.NoQuantization):
+        pipe._lab_quantized = quantize_in_memory(pipe, quantization, model.components())
+    return pipe
 
 
 def _hub_message(model_id: str, error: Exception) -> str:

@@ -70,6 +70,7 @@ class SyntheticModel:
     tokenizers: dict[str, Callable[[], Any]] = field(default_factory=dict)
     scheduler: tuple[str, dict[str, Any]] = ("FlowMatchEulerDiscreteScheduler", FLUX_SCHEDULER)
     family: str = "flux"  # the `optim.families` key
+    runs_on_cpu: bool = False  # small enough for a CPU (the GPU check's dry run); full-size ones need a GPU
 
     @property
     def video(self) -> bool:
@@ -213,6 +214,21 @@ def from_full_size(model: FullSizeModel, *, description: str | None = None,
     )
 
 
+# FLUX's layout at toy size (2+2 blocks, 4 heads of 16, a small T5 and CLIP): the GPU check's dry run on a CPU
+# builds, quantizes and compares it through exactly the code path the full-size model takes on the GPU.
+FLUX_TINY_TRANSFORMER = dict(patch_size=1, in_channels=16, num_layers=2, num_single_layers=2, attention_head_dim=16,
+                             num_attention_heads=4, joint_attention_dim=128, pooled_projection_dim=64,
+                             guidance_embeds=True, axes_dims_rope=(4, 6, 6))
+FLUX_TINY_CLIP = dict(vocab_size=514, hidden_size=64, intermediate_size=128, projection_dim=64, num_hidden_layers=2,
+                      num_attention_heads=2, max_position_embeddings=77, hidden_act="quick_gelu")
+FLUX_TINY_T5 = dict(vocab_size=72, d_model=128, d_kv=32, d_ff=256, num_layers=2, num_decoder_layers=0, num_heads=4,
+                    relative_attention_num_buckets=32, relative_attention_max_distance=128,
+                    feed_forward_proj="gated-gelu", is_encoder_decoder=False, use_cache=False, dropout_rate=0.0)
+FLUX_TINY_VAE = dict(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 4,
+                     up_block_types=("UpDecoderBlock2D",) * 4, block_out_channels=(8, 16, 16, 16), layers_per_block=1,
+                     latent_channels=4, norm_num_groups=4, sample_size=64, use_quant_conv=False,
+                     use_post_quant_conv=False, scaling_factor=1.0, shift_factor=0.0)
+
 SYNTHETIC_MODELS: dict[str, SyntheticModel] = {
     "flux-dev": SyntheticModel(
         description="FLUX.1-dev's architecture (12B transformer, T5-XXL, CLIP-L, 16-channel VAE), random weights",
@@ -227,6 +243,15 @@ SYNTHETIC_MODELS: dict[str, SyntheticModel] = {
         pipeline="FluxPipeline",
         parts=flux_parts({**FLUX_TRANSFORMER, "guidance_embeds": False}),
         tokenizers=FLUX_TOKENIZERS,
+    ),
+    "flux-tiny": SyntheticModel(
+        description="FLUX.1-dev's layout at toy size (0.3M-parameter transformer), random weights: runs on a CPU, "
+                    "for dry runs of the GPU check",
+        defaults=ModelDefaults(steps=4, width=64, height=64, guidance_scale=3.5, max_sequence_length=32),
+        pipeline="FluxPipeline",
+        parts=flux_parts(FLUX_TINY_TRANSFORMER, clip=FLUX_TINY_CLIP, t5=FLUX_TINY_T5, vae=FLUX_TINY_VAE),
+        tokenizers=FLUX_TOKENIZERS,
+        runs_on_cpu=True,
     ),
     **{name: from_full_size(families.FULL_SIZE_MODELS[name])
        for name in ("qwen-image", "cogvideox-5b", "wan2.1-t2v-1.3b", "wan2.1-t2v-14b")},
@@ -393,3 +418,83 @@ def _write_weights(module: Any, folder: Path, prefix: str, *, seed: int, shard_b
     if len(shards) > 1:
         index = {"metadata": {"total_size": sum(sizes)}, "weight_map": weight_map}
         (folder / f"{prefix}.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
+
+
+# ------------------------------------------------------------------------------------------ building in memory
+
+BUILD_ENV = "OPTIM_SYNTHETIC_BUILD"  # "memory" (default where possible) or "disk"
+
+
+def builds_in_memory(quantization: Any) -> bool:
+    """Whether a synthetic model with this quantization is built straight into memory (`build_pipeline`) rather
+    than written to disk and loaded: no quantization, torchao and bitsandbytes can be applied to a model in
+    memory exactly as their loaders do (`optim.techniques.quantization.quantize_in_memory`); quanto only through
+    `from_pretrained`. OPTIM_SYNTHETIC_BUILD=disk forces the folder."""
+    from optim import config as C
+    from optim.techniques.quantization import IN_MEMORY
+
+    if os.environ.get(BUILD_ENV, "memory").strip().lower() == "disk":
+        return False
+    return quantization is None or isinstance(quantization, (C.NoQuantization, *IN_MEMORY))
+
+
+def _fill(name: str, tensor: Any, generator: Any, fill_device: str) -> None:
+    """The same values `_random_tensor` chooses (normal(0, 0.02) matrices, ones for 1-D scales, zero biases),
+    drawn on `fill_device` (a CUDA generator is thousands of times faster than the CPU's one) and copied in."""
+    import torch
+
+    if name.endswith("bias"):
+        tensor.zero_()
+    elif tensor.dim() <= 1:
+        tensor.fill_(1.0)
+    elif str(tensor.device).startswith(fill_device):
+        tensor.normal_(0.0, 0.02, generator=generator)
+    else:
+        tensor.copy_(torch.empty(tensor.shape, dtype=tensor.dtype, device=fill_device).normal_(
+            0.0, 0.02, generator=generator))
+
+
+def materialize(part: Part, *, place: str, fill_device: str, dtype: Any, seed: int) -> Any:
+    """One component with random weights, allocated on `place` in `dtype` (float tensors), no file involved."""
+    import torch
+
+    module = build_on_meta(part)
+    kept = {name: buffer.detach().clone() for name, buffer in module.named_buffers() if buffer.device.type != "meta"}
+    # Still on meta, so free; floating parameters are then allocated in `dtype` directly. (nn.Module's own `to`:
+    # diffusers' override warns about float32 modules, which from_pretrained(torch_dtype=...) would also cast.)
+    torch.nn.Module.to(module, dtype)
+    module.to_empty(device=place)
+    if hasattr(module, "tie_weights"):  # transformers models: T5's shared embedding, as the loader ties it
+        module.tie_weights()
+    for name, buffer in module.named_buffers():
+        if name in kept:  # constructor-made buffers (position ids, rotary tables) keep their values
+            value = kept[name]
+            buffer.copy_(value.to(buffer.dtype) if value.is_floating_point() else value)
+    generator = torch.Generator(fill_device).manual_seed(seed)
+    seen: set[int] = set()
+    with torch.no_grad():
+        for name, parameter in module.named_parameters(remove_duplicate=False):
+            if id(parameter) in seen:
+                continue
+            seen.add(id(parameter))
+            _fill(name, parameter, generator, fill_device)
+    return module.eval()
+
+
+def build_pipeline(model: SyntheticModel, *, place: str, fill_device: str, dtype: str, seed: int = 0) -> Any:
+    """The whole pipeline in memory: every component materialized on `place` with random weights drawn on
+    `fill_device` (the same seed gives both sides of a comparison identical weights, wherever they are placed),
+    the tokenizers and the scheduler, assembled by the pipeline's own constructor. No folder, no disk."""
+    import diffusers
+    import torch
+
+    torch_dtype = getattr(torch, dtype)
+    components: dict[str, Any] = {}
+    for offset, (name, part) in enumerate(model.parts.items()):
+        components[name] = materialize(part, place=place, fill_device=fill_device, dtype=torch_dtype,
+                                       seed=seed + offset)
+    for name, make in model.tokenizers.items():
+        components[name] = make()
+    scheduler_class, scheduler_config = model.scheduler
+    components["scheduler"] = getattr(diffusers, scheduler_class)(**scheduler_config)
+    return getattr(diffusers, model.pipeline)(**components)

@@ -12,9 +12,14 @@ Protocol, on Unix sockets:
   ("exit", status) and closes it. status < 0 means killed by that signal.
 
 The zygote is single-threaded (forking a threaded process can deadlock the child) and exits when the parent
-closes the control socket. It is used only where the installed torch cannot use a GPU (`optim.worker.start_method`):
-on a machine with CUDA, importing diffusers initializes CUDA (through bitsandbytes), and a process must never fork
-after that; spare processes (`optim.spare`) are spawned there instead.
+closes the control socket. It is used only where the installed torch cannot use a GPU
+(`optim.worker.start_method`): on a machine with CUDA, importing diffusers initializes CUDA (through
+bitsandbytes, or torchao's `torch.cuda.is_available()` where bitsandbytes is absent), and a process must never
+fork after that; spare processes (`optim.spare`) are spawned there instead. Should the zygote run on a torch
+built with CUDA anyway (OPTIM_WORKER_START=fork), it watches every call that initializes the driver
+(`watch_cuda`: `is_available` and `device_count` too, which call `cudaGetDeviceCount` and poison later forks)
+and refuses to fork after one, naming the call, instead of handing out a side that fails at its first CUDA
+call.
 """
 
 from __future__ import annotations
@@ -29,6 +34,41 @@ import sys
 from multiprocessing.connection import Connection
 
 MAX_JOB_BYTES = 1 << 22
+# torch.cuda functions that initialize the CUDA driver or runtime in this process (after which a forked child
+# is "in bad fork" and its first CUDA call fails): what `watch_cuda` records.
+CUDA_INITIALIZERS = ("is_available", "device_count", "init", "_lazy_init", "current_device", "set_device",
+                     "get_device_capability", "get_device_properties", "get_device_name", "mem_get_info",
+                     "synchronize", "is_bf16_supported")
+_cuda_calls: list[str] = []
+
+
+def watch_cuda() -> None:
+    """Record calls that initialize CUDA (see CUDA_INITIALIZERS), where torch can use CUDA at all."""
+    import torch
+
+    if not (getattr(torch.version, "cuda", None) or getattr(torch.version, "hip", None)):
+        return  # a CPU-only torch: these calls are harmless, forking stays safe
+    for name in CUDA_INITIALIZERS:
+        original = getattr(torch.cuda, name, None)
+        if original is None or getattr(original, "_lab_watched", False):
+            continue
+
+        def watched(*args, _name=name, _original=original, **kwargs):
+            _cuda_calls.append(f"torch.cuda.{_name}")
+            return _original(*args, **kwargs)
+
+        watched._lab_watched = True
+        setattr(torch.cuda, name, watched)
+
+
+def cuda_initialized() -> str | None:
+    """The first call that initialized CUDA in this process, or None."""
+    if _cuda_calls:
+        return _cuda_calls[0]
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_initialized():
+        return "torch.cuda (initialized)"
+    return None
 
 
 def _exit_status(status: int) -> int:
@@ -74,6 +114,10 @@ def serve(control: socket.socket) -> None:
             continue
         connection = Connection(fds[0])
         job = pickle.loads(message)  # from our own parent process only: the control socket is private
+        initialized = cuda_initialized()
+        if initialized:
+            _refuse(connection, initialized)
+            continue
         pid = os.fork()
         if pid == 0:
             control.close()
@@ -93,9 +137,23 @@ def serve(control: socket.socket) -> None:
         connection.send(("pid", pid))
 
 
+def _refuse(connection: Connection, call: str) -> None:
+    """Answer a job without forking: CUDA was initialized here, so a forked side would be broken."""
+    message = (f"the worker zygote cannot fork a side: CUDA was initialized in it ({call} was called while it "
+               "imported torch and diffusers), and a process forked after that fails at its first CUDA call. Start "
+               "workers with spawn (OPTIM_WORKER_START=spawn, the default where torch is built with CUDA)")
+    try:
+        connection.send(("error", ("WorkerCrashed", message)))
+        connection.send(("exit", 1))
+    except OSError:
+        pass
+    connection.close()
+
+
 def main() -> None:
     control = socket.socket(fileno=int(sys.argv[1]))
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C in the parent's terminal is the parent's business
+    watch_cuda()
     for name in sys.argv[2:]:
         importlib.import_module(name)
     serve(control)

@@ -21,10 +21,13 @@ quiet_libraries()
 
 import pytest  # noqa: E402
 
+GPU_MARKERS = ("gpu", "gpu_families")
+
 
 def _gpu_session(config) -> bool:
-    """`python -m pytest -m gpu` runs the GPU suite on the GPU; any other selection is the CPU suite."""
-    return (config.getoption("markexpr") or "").strip() == "gpu"
+    """`python -m pytest -m gpu` (or `-m gpu_families`, the opt-in full-size builds) runs that GPU suite on the
+    GPU; any other selection is the CPU suite."""
+    return (config.getoption("markexpr") or "").strip() in GPU_MARKERS
 
 
 def pytest_configure(config):
@@ -56,7 +59,7 @@ def pytest_collection_modifyitems(config, items):
     else:
         reason = "GPU tests run on their own, on the GPU: python -m pytest -m gpu"
     for item in items:
-        if "gpu" in item.keywords:
+        if any(marker in item.keywords for marker in GPU_MARKERS):
             item.add_marker(pytest.mark.skip(reason=reason))
 
 

@@ -19,11 +19,25 @@ ROOT = Path(__file__).resolve().parent.parent
 SIMULATION = Path(__file__).resolve().parent / "support" / "simulated_cuda"
 
 
-def _run_simulated(code: str, tmp_path: Path, **env: str) -> tuple[subprocess.CompletedProcess, list[str]]:
+def _cuda_build() -> bool:
+    import torch
+
+    return bool(torch.version.cuda or torch.version.hip)
+
+
+# The simulation makes a CPU-only torch look like a CUDA build; on a real CUDA build (the GPU machine) it would
+# pretend about a GPU that is really there, so those tests run on CPU machines only (the GPU suite covers it).
+simulation = pytest.mark.skipif(_cuda_build(), reason="the CUDA simulation needs a CPU-only torch")
+
+
+def _run_simulated(code: str, tmp_path: Path, *, extra_path: tuple[str, ...] = (),
+                   **env: str) -> tuple[subprocess.CompletedProcess, list[str]]:
     log = tmp_path / "cuda.log"
+    # Added in front of what is there (a target-folder install of missing packages must stay importable).
+    path = [str(SIMULATION), *extra_path, str(ROOT), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
     environment = {
         **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(SIMULATION), str(ROOT)]),
+        "PYTHONPATH": os.pathsep.join(path),
         "OPTIM_SIMULATED_CUDA_LOG": str(log),
         "HF_HUB_OFFLINE": "1",
         **env,
@@ -36,6 +50,7 @@ def _run_simulated(code: str, tmp_path: Path, **env: str) -> tuple[subprocess.Co
     return done, lines
 
 
+@simulation
 def test_importing_the_worker_preload_initializes_cuda_where_cuda_is_present(tmp_path):
     """Why a process must not fork after the imports on a CUDA machine: diffusers' import chain reaches
     bitsandbytes, which asks for the device capability at import."""
@@ -44,6 +59,7 @@ def test_importing_the_worker_preload_initializes_cuda_where_cuda_is_present(tmp
     assert any("init torch.cuda.get_device_capability" in line for line in lines), lines
 
 
+@simulation
 def test_a_cuda_machine_spawns_its_workers(tmp_path):
     done, _ = _run_simulated("from optim.worker import start_method; print(start_method())", tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
@@ -54,12 +70,13 @@ def test_start_method_follows_the_torch_build_and_the_override():
     from optim.errors import ConfigError
     from optim.worker import start_method
 
-    assert start_method({}) == "fork"  # this CPU-only torch on Linux
+    assert start_method({}) == ("spawn" if _cuda_build() else "fork")  # from the torch build alone
     assert start_method({"OPTIM_WORKER_START": "spawn"}) == "spawn"
     with pytest.raises(ConfigError, match="OPTIM_WORKER_START"):
         start_method({"OPTIM_WORKER_START": "thread"})
 
 
+@simulation
 def test_a_whole_comparison_on_a_cuda_machine_never_forks_after_cuda_initialization(tmp_path):
     done, lines = _run_simulated(
         """
@@ -80,21 +97,45 @@ def test_a_whole_comparison_on_a_cuda_machine_never_forks_after_cuda_initializat
     assert not [line for line in lines if "FORK" in line], lines
 
 
-def test_forking_from_the_zygote_on_a_cuda_machine_is_what_would_break(tmp_path):
-    """The old start path, forced: the zygote's imports initialize CUDA, then it forks a side."""
-    done, lines = _run_simulated(
-        """
-        from optim.worker import launcher
+PLANTED = """
+import torch
+torch.cuda.is_available()  # planted: what torchao's import does; on torch 2.11+cu130 it poisons later forks
+"""
 
-        child = launcher.start("builtins", "print", "forked")
-        while child.recv()[0] != "exit":
-            pass
-        """,
-        tmp_path,
-        OPTIM_WORKER_START="fork",
-    )
+FORCED_FORK_COMPARISON = """
+from optim.config import parse_run
+from optim.engine import compare
+from optim.errors import OptimError
+from optim.presets import load_preset
+import optim.worker as worker
+
+worker.PRELOAD = ["plant_cuda", *worker.PRELOAD]  # imported by the zygote before it forks anything
+run = parse_run({"device": "cpu", "steps": 2, "width": 64, "height": 64, "timed_runs": 1})
+try:
+    compare(run, load_preset("baseline"))
+    print("RAN")
+except OptimError as error:
+    print("REFUSED", error)
+"""
+
+
+@simulation
+def test_a_cuda_call_before_the_zygote_forks_is_refused_not_forked(tmp_path):
+    """The regression the simulation exists for: something the zygote imports calls `torch.cuda.is_available()`
+    (no more than that), and the fork path is forced. The zygote names the call and refuses to fork; nothing is
+    forked after CUDA initialization, and no broken side runs."""
+    (tmp_path / "plant").mkdir()
+    (tmp_path / "plant" / "plant_cuda.py").write_text(PLANTED)
+    done, lines = _run_simulated(FORCED_FORK_COMPARISON, tmp_path, extra_path=(str(tmp_path / "plant"),),
+                                 OPTIM_WORKER_START="fork")
     assert done.returncode == 0, done.stderr[-3000:]
-    assert any("FORK after CUDA initialization" in line for line in lines), lines
+    assert "REFUSED" in done.stdout and "torch.cuda.is_available was called" in done.stdout, done.stdout
+    assert any("init torch.cuda.is_available" in line for line in lines), lines
+    assert not [line for line in lines if "FORK" in line], lines
+    # The default start path spawns on such a machine: the same comparison runs.
+    done, lines = _run_simulated(FORCED_FORK_COMPARISON, tmp_path, extra_path=(str(tmp_path / "plant"),))
+    assert done.returncode == 0 and "RAN" in done.stdout, (done.stdout, done.stderr[-3000:])
+    assert not [line for line in lines if "FORK" in line], lines
 
 
 # ------------------------------------------------------------------------- combinations that cannot work on CUDA
@@ -222,13 +263,18 @@ def small_synthetic(monkeypatch, tmp_path):
     return resolve_model("synthetic:small-test")
 
 
-def test_a_synthetic_model_loads_like_a_real_one_with_buffers_and_tied_weights_intact(small_synthetic):
+@pytest.mark.parametrize("build", ["disk", "memory"])
+def test_a_synthetic_model_loads_like_a_real_one_with_buffers_and_tied_weights_intact(small_synthetic, build,
+                                                                                      monkeypatch):
+    """Written to a folder and loaded with from_pretrained, or built straight into memory (what a GPU does):
+    either way the constructor-made buffers keep their values and T5's tied embedding stays tied."""
     import torch
     from safetensors import safe_open
 
     from optim.models import load_pipeline
-    from optim.synthetic import synthetic_model_path
+    from optim.synthetic import BUILD_ENV, synthetic_model_path
 
+    monkeypatch.setenv(BUILD_ENV, build)
     pipe = load_pipeline(small_synthetic, dtype="float32")
     clip_positions = pipe.text_encoder.embeddings.position_ids
     assert torch.equal(clip_positions.flatten(), torch.arange(77))  # to_empty used to leave garbage here

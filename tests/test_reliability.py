@@ -94,6 +94,25 @@ def test_a_real_allocation_failure_on_cpu_is_out_of_memory():
     _assert_next_comparison_works()
 
 
+def test_a_side_that_fails_to_prepare_leaves_the_warm_baseline_warm():
+    """The optimized side runs out of memory while it prepares (a memory cap; the warm baseline was loaded without
+    one): the baseline did nothing wrong, so it stays loaded for the next comparison (a GPU check's next case)."""
+    from optim.engine import BaselineCache
+
+    cache = BaselineCache()
+    try:
+        compare(_run(**ALLOCATION_FAILURE), load_preset("baseline"), baseline_cache=cache)
+        assert len(cache) == 1
+        with pytest.raises(RunError, match="out of memory"):
+            compare(_run(**ALLOCATION_FAILURE), load_preset("first-block-cache"), baseline_cache=cache,
+                    memory_limit_mb=MEMORY_CAP_MB)
+        assert len(cache) == 1, "the warm baseline was closed with the side that failed"
+        again = compare(_run(**ALLOCATION_FAILURE), load_preset("baseline"), baseline_cache=cache)
+        assert again.baseline_reused and again.quality["max_abs_diff"] == 0
+    finally:
+        cache.clear()
+
+
 def _job(memory_limit_mb=None, device="cpu"):
     from dataclasses import replace
 

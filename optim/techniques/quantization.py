@@ -122,3 +122,71 @@ def module_bytes(module: Any) -> int:
 
 def component_sizes_mb(pipe: Any, components: list[str]) -> dict[str, float]:
     return {name: module_bytes(getattr(pipe, name)) / (1024 * 1024) for name in components}
+
+
+# ------------------------------------------------------------------------------------- quantizing in memory
+
+# Backends whose load-time quantization can be repeated on a pipeline built in memory (`quantize_in_memory`).
+IN_MEMORY = (C.TorchAo, C.BitsAndBytes4Bit, C.BitsAndBytes8Bit)
+
+
+def quantize_in_memory(pipe: Any, quant: Any, libraries: dict[str, str]) -> list[str]:
+    """Quantize the chosen components of a pipeline that was built in memory (a synthetic model made on the GPU:
+    there are no files for `from_pretrained` to quantize while it loads), doing what the loaders do, step for step:
+
+    * torchao (diffusers' and transformers' TorchAoHfQuantizer): `torchao.quantization.quantize_` on the weight of
+      every `nn.Linear`, with the same config `_component_config` gives the loaders;
+    * bitsandbytes (diffusers' BnB4Bit/BnB8BitDiffusersQuantizer, transformers' Bnb4Bit/Bnb8BitHfQuantizer): the
+      loader's own `replace_with_bnb_linear` with the loader's own list of modules not to convert (diffusers: the
+      config's skip list and the model's `_keep_in_fp32_modules`, kept in float32; transformers:
+      `HfQuantizer.get_modules_to_not_convert`), then each weight wrapped as `Params4bit` / `Int8Params` and moved
+      to its device, which quantizes it (the loaders' `create_quantized_param`).
+
+    The replace functions and the skip list are the libraries' helper modules (diffusers.quantizers.bitsandbytes,
+    transformers.integrations, transformers.quantizers.base), public but not a stable API: they are touched here
+    only, and tests/test_gpu_check.py checks the result against `from_pretrained`'s where a CPU can quantize.
+    Returns the report's line."""
+    for component in quant.components:
+        module = getattr(pipe, component)
+        library = libraries[component]
+        if isinstance(quant, C.TorchAo):
+            import torchao.quantization
+
+            torchao.quantization.quantize_(module, getattr(torchao.quantization, _TORCHAO_CONFIGS[quant.quant_type])())
+        else:
+            _bitsandbytes_in_memory(module, _component_config(quant, library), library)
+    return [f"{describe_quantization(quant)} (quantized in memory after the build, as the loaders do at load)"]
+
+
+def _bitsandbytes_in_memory(module: Any, config: Any, library: str) -> None:
+    import bitsandbytes as bnb
+    import torch
+
+    linears = {name: (child.weight, child.bias) for name, child in module.named_modules()
+               if type(child) is torch.nn.Linear}
+    if library == "diffusers":
+        from diffusers.quantizers.bitsandbytes import replace_with_bnb_linear
+
+        keep = list(getattr(module, "_keep_in_fp32_modules", None) or [])
+        skip = [m for m in [*(config.llm_int8_skip_modules or []), *keep] if m is not None]
+        replace_with_bnb_linear(module, modules_to_not_convert=skip, quantization_config=config)
+        for name, child in module.named_modules():  # what diffusers loads in float32 beside the quantized layers
+            if keep and any(part in name.split(".") for part in keep):
+                child.to(torch.float32)
+    else:
+        from transformers.integrations import replace_with_bnb_linear
+        from transformers.quantizers.base import HfQuantizer
+
+        skip = HfQuantizer.get_modules_to_not_convert(module, config.llm_int8_skip_modules,
+                                                      module._keep_in_fp32_modules)
+        replace_with_bnb_linear(module, modules_to_not_convert=skip, quantization_config=config)
+    for name, child in module.named_modules():
+        if not isinstance(child, (bnb.nn.Linear4bit, bnb.nn.Linear8bitLt)) or name not in linears:
+            continue
+        weight, bias = linears[name]
+        old = child._parameters["weight"]
+        kind = bnb.nn.Params4bit if isinstance(child, bnb.nn.Linear4bit) else bnb.nn.Int8Params
+        child._parameters["weight"] = kind(weight.data, requires_grad=False, **old.__dict__).to(weight.device)
+        if bias is not None:
+            child._parameters["bias"] = torch.nn.Parameter(bias.data, requires_grad=False)
+    del linears

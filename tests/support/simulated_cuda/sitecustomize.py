@@ -2,6 +2,8 @@
 GPU start path). Nothing real runs on a GPU: the calls that would initialize CUDA are recorded in the file named
 by OPTIM_SIMULATED_CUDA_LOG, as "<pid> init <call>", and a fork in a process that made such a call is recorded as
 "<pid> FORK after CUDA initialization" (the child would fail: "Cannot re-initialize CUDA in forked subprocess").
+`is_available` and `device_count` count as initialization: on a real CUDA build they call `cudaGetDeviceCount`,
+which initializes the driver and marks every later fork's child as "in bad fork" (seen on torch 2.11+cu130).
 """
 
 import os
@@ -48,9 +50,19 @@ def _before_fork() -> None:
         _record("FORK after CUDA initialization")
 
 
+def _is_available() -> bool:
+    _init("torch.cuda.is_available")
+    return True
+
+
+def _device_count() -> int:
+    _init("torch.cuda.device_count")
+    return 1
+
+
 torch.version.cuda = "12.8"
-torch.cuda.is_available = lambda: True
-torch.cuda.device_count = lambda: 1
+torch.cuda.is_available = _is_available
+torch.cuda.device_count = _device_count
 torch.cuda._lazy_init = _lazy_init
 torch.cuda.init = _lazy_init
 torch.cuda.get_device_capability = _get_device_capability
