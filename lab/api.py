@@ -1,31 +1,40 @@
-"""The public API of the app: one endpoint, `compare`, for scripts (gradio_client) and other apps. Every other
-event of the page is private. It runs in the same queue slot as the Run button.
+"""The public API of the app, all of it wired here: `compare` (one comparison), `sweep` (a space of configurations
+over a prompt set, with its Pareto front) and `tune` (the fastest configuration above a quality floor), for
+scripts (gradio_client) and other apps. Every other event of the page is private. They run in the same queue
+slot as the Run button, within the server's limits.
 
     from gradio_client import Client
     report, baseline, optimized, diff = Client("http://127.0.0.1:7860/").predict("first-block-cache",
                                                                                 api_name="/compare")
 
-Every parameter but the preset is optional: the model defaults to the embedded one and the run settings to the
-model's own.
+Every parameter but the preset (the space, the floor) is optional: the model defaults to the embedded one and the
+run settings to the model's own.
 """
 
 from __future__ import annotations
 
+import json
+import tempfile
+import threading
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import gradio as gr
 
 from lab.context import ServerContext
+from lab.errors import user_error
 from lab.fields import as_float, as_int
 from lab.run_panel import GPU_QUEUE, execute
-from lab.sharing import user_error
 from lab.text import log
 from optim.config import parse_run
 from optim.errors import ConfigError, OptimError
 from optim.models import EMBEDDED_MODEL
 from optim.presets import Preset, preset_from_json
+from optim.prompts import default_prompt_set, load_prompt_set, parse_prompt_set, shipped_prompt_sets
 from optim.report import json_safe
+from optim.sweep import Space, load_space, load_space_file, parse_floor, run_sweep, shipped_spaces
+from optim.tune import parse_budget, tune
 
 DEFAULT_TIMED_RUNS = "auto"
 
@@ -150,3 +159,112 @@ def wire_api(ctx: ServerContext, panel: ApiPanel) -> None:
                            progress=progress)
 
     panel.button.click(compare, panel.inputs, panel.outputs, api_name="compare", **GPU_QUEUE)
+    wire_sweep_endpoints(ctx)
+
+
+def api_space(text: str) -> Space:
+    """A shipped space by name, or a space's JSON text."""
+    text = (text or "").strip()
+    if text in shipped_spaces():
+        return load_space_file(text)
+    if not text.startswith("{"):
+        raise ConfigError(f"space: {text[:60]!r} is neither a space's JSON text nor a shipped space "
+                          f"({', '.join(shipped_spaces())})")
+    return load_space(text)
+
+
+def api_prompts(text: str, model: str) -> Any:
+    """A shipped prompt set by name, prompts one per line, or (empty) the model's own set."""
+    text = (text or "").strip()
+    if not text:
+        return load_prompt_set(default_prompt_set(model))
+    if text in shipped_prompt_sets():
+        return load_prompt_set(text)
+    return parse_prompt_set(text, name="custom")
+
+
+def wire_sweep_endpoints(ctx: ServerContext) -> None:
+    """The `sweep` and `tune` endpoints (gradio_client: api_name="/sweep", "/tune"), on hidden components."""
+    from optim.config import parse_run
+    from optim.limits import check_run
+    from optim.models import EMBEDDED_MODEL
+
+    lock = threading.Lock()
+
+    def prepare(space: str, prompts: str, model: str, steps: float | None, seeds: str) -> tuple:
+        chosen_space = api_space(space)
+        run = parse_run({**chosen_space.run, "model": (model or "").strip() or EMBEDDED_MODEL,
+                         **({"steps": steps} if steps not in (None, "") else {})})
+        check_run(run, ctx.limits)
+        prompt_set = api_prompts(prompts, run.model)
+        seed_list = [int(s) for s in (seeds or "0").split(",") if s.strip()]
+        if len(prompt_set.prompts) * len(seed_list) > ctx.limits.max_sweep_prompts:
+            raise ConfigError(f"{len(prompt_set.prompts) * len(seed_list)} prompts x seeds is more than this "
+                              f"server allows (at most {ctx.limits.max_sweep_prompts})")
+        return chosen_space, run, prompt_set, seed_list
+
+    def sweep(space: str, prompts: str = "", model: str = EMBEDDED_MODEL, steps: float | None = None,
+              seeds: str = "0", quality: str = "ssim_worst") -> dict:
+        """Evaluate a space of configurations over a prompt set against one baseline.
+
+        Parameters:
+            space: a shipped space's name (e.g. "fbc-threshold") or a space's JSON text
+            prompts: a shipped prompt set ("embedded", "general") or prompts one per line; empty: the model's
+            model: "embedded", a Hub id, tiny:..., synthetic:... (GPU only)
+            steps: denoising steps; empty for the model's default
+            seeds: comma-separated seeds, each used with every prompt
+            quality: the quality axis of the Pareto front (ssim_worst, ssim_mean, psnr_worst, psnr_mean, adherence)
+        Returns:
+            sweep: sweep.json: every point's row (speedup with interval, work, peak memory, quality mean and worst
+                per metric, per prompt) and the ids of the Pareto front
+        """
+        try:
+            chosen_space, run, prompt_set, seed_list = prepare(space, prompts, model, steps, seeds)
+            folder = Path(tempfile.mkdtemp(dir=ctx.reports_dir, prefix="api-sweep-"))
+            with lock:
+                run_sweep(chosen_space, prompt_set, folder, run_spec=run, seeds=seed_list, quality=quality,
+                          max_points=ctx.limits.max_sweep_points, max_seconds=ctx.limits.max_sweep_seconds)
+            return json.loads((folder / "sweep.json").read_text())
+        except OptimError as error:
+            raise user_error(error, for_page=False) from None
+
+    def tune_api(floor: str, space: str = "tune-caches", prompts: str = "", model: str = EMBEDDED_MODEL,
+                 steps: float | None = None, seeds: str = "0", budget: str = "5m") -> dict:
+        """Find the fastest configuration whose worst-case quality over the prompts meets the floor(s).
+
+        Parameters:
+            floor: comma-separated floors, e.g. "ssim>=0.98" or "ssim>=0.98, psnr>=35"
+            space: a shipped space's name (default "tune-caches") or a space's JSON text (grid and ranges)
+            prompts: a shipped prompt set or prompts one per line; empty: the model's
+            model: "embedded", a Hub id, tiny:..., synthetic:... (GPU only)
+            steps: denoising steps; empty for the model's default
+            seeds: comma-separated seeds
+            budget: time for the search, e.g. 90s, 5m (capped by the server)
+        Returns:
+            result: the tuned preset (its JSON text), the best row, every evaluated row, the strategy used
+        """
+        try:
+            floors = [parse_floor(text) for text in floor.split(",") if text.strip()]
+            chosen_space, run, prompt_set, seed_list = prepare(space, prompts, model, steps, seeds)
+            folder = Path(tempfile.mkdtemp(dir=ctx.reports_dir, prefix="api-tune-"))
+            with lock:
+                result = tune(chosen_space, prompt_set, floors, folder,
+                              budget_s=min(parse_budget(budget), ctx.limits.max_sweep_seconds), run_spec=run,
+                              seeds=seed_list, max_evaluations=ctx.limits.max_sweep_points)
+            tuned = folder / "tuned.json"
+            return {"preset": tuned.read_text() if tuned.is_file() else None, "best": result.best,
+                    "rows": result.rows, "strategy": result.strategy, "evaluations": result.evaluations}
+        except OptimError as error:
+            raise user_error(error, for_page=False) from None
+
+    with gr.Column(visible=False):
+        sweep_inputs = [gr.Textbox(label="space"), gr.Textbox(label="prompts"),
+                        gr.Textbox(EMBEDDED_MODEL, label="model"), gr.Number(None, label="steps", precision=0),
+                        gr.Textbox("0", label="seeds"), gr.Textbox("ssim_worst", label="quality")]
+        tune_inputs = [gr.Textbox(label="floor"), gr.Textbox("tune-caches", label="space"), gr.Textbox(label="prompts"),
+                       gr.Textbox(EMBEDDED_MODEL, label="model"), gr.Number(None, label="steps", precision=0),
+                       gr.Textbox("0", label="seeds"), gr.Textbox("5m", label="budget")]
+        sweep_out, tune_out = gr.JSON(label="sweep"), gr.JSON(label="result")
+        sweep_button, tune_button = gr.Button("sweep"), gr.Button("tune")
+    sweep_button.click(sweep, sweep_inputs, sweep_out, api_name="sweep", **GPU_QUEUE)
+    tune_button.click(tune_api, tune_inputs, tune_out, api_name="tune", **GPU_QUEUE)

@@ -15,7 +15,7 @@ from lab.fields import CONTROL_KEYS
 from lab.results import build_results, wire_results
 from lab.run_panel import build_run_panel, wire_run_panel
 from lab.sharing import build_sharing, default_values, wire_sharing
-from lab.sweep_panel import build_sweep_panel, wire_sweep_api, wire_sweep_panel
+from lab.sweep_panel import build_sweep_panel, wire_sweep_panel
 from lab.text import capabilities_markdown, header_html
 
 THEME = gr.themes.Soft(
@@ -103,6 +103,5 @@ def build_demo(ctx: ServerContext) -> gr.Blocks:
         wire_results(results)
         wire_api(ctx, api)
         wire_sweep_panel(ctx, sweep, settings)
-        wire_sweep_api(ctx)
     demo.queue(max_size=64, default_concurrency_limit=8)
     return demo

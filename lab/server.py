@@ -17,13 +17,12 @@ from optim.machine import steady_threads
 
 
 def log_to_terminal() -> None:
-    """The app's own log lines (a user's refused input: one line; a bug: its traceback) on stderr."""
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
-    logger = logging.getLogger("optim")
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-    logger.propagate = False
+    """The app's own log lines (a user's refused input: one line; a bug: its traceback) on stderr; the engine's
+    (workers, baseline reuse, refusals before loading) only from OPTIM_LOG_LEVEL=INFO on (`optim.logs`)."""
+    from optim.logs import show_lab_logs
+
+    show_lab_logs()
+    logging.getLogger("optim.app").setLevel(logging.INFO)
 
 
 def announce_port(port: int) -> None:

@@ -18,6 +18,7 @@ import gradio as gr
 from lab import fields
 from lab.context import ServerContext
 from lab.controls import CUSTOM_PRESET, PRIVATE, SettingsPanel, check_control_bounds, elem_id, fill, no_change, warn
+from lab.errors import user_error
 from lab.fields import key_facts
 from lab.text import escape, log
 from optim.config import RunSpec
@@ -42,15 +43,6 @@ class SharingPanel:
     load_button: Any
     delete_button: Any
     saved: Any  # gr.BrowserState: {preset name: preset JSON}
-
-
-def user_error(error: BaseException | str, *, for_page: bool = True) -> gr.Error:
-    """A user's mistake (bad settings, an unknown model, a server limit) as a dialog on the page or an error for an
-    API client: the engine's complete message, and one line in the server's log (no traceback: that is kept for
-    the app's own bugs)."""
-    message = str(error)
-    log.info("refused: %s", message)
-    return gr.Error(escape(message) if for_page else message, duration=None, print_exception=False)
 
 
 def default_values(ctx: ServerContext) -> dict[str, Any]:

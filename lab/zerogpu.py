@@ -17,9 +17,8 @@ What ZeroGPU does (spaces 0.51, `spaces/zero/wrappers.py`), and what this module
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from lab.context import ServerContext
 from optim import config as C
 from optim import errors
 from optim.config import RunSpec
@@ -27,6 +26,9 @@ from optim.engine import Comparison, compare, prepare
 from optim.errors import OptimError
 from optim.models import ModelDefaults, download_model
 from optim.presets import Preset
+
+if TYPE_CHECKING:  # a type only: lab.context imports this module when it makes its GPU runner
+    from lab.context import ServerContext
 
 ISOLATION_NOTE = ("ZeroGPU: both sides ran one after the other in ZeroGPU's GPU process, which is reused between "
                   "calls; every change a side makes is undone before the next")

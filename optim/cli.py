@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from optim.errors import ConfigError, OptimError
+from optim.logs import progress_printer
 
 COMMANDS = ("compare", "sweep", "tune", "presets", "capabilities", "schema", "report-schema", "reference")
 
@@ -38,6 +39,9 @@ def _runs(text: str) -> int | str:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="python -m optim", description="Compare a diffusers pipeline with and without optimizations.")
+    verbose = dict(action="store_true", help="log what the lab does on stderr: worker starts and respawns, "
+                   "scheduling and retries, baseline reuse, refusals (also OPTIM_LOG_LEVEL=INFO)")
+    parser.add_argument("--verbose", "-v", **verbose)
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     compare = commands.add_parser("compare", help="run baseline and optimized side by side and write a report")
@@ -120,6 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     reference = commands.add_parser("reference", help="print README's option tables (written from the settings)")
     reference.add_argument("--write", type=Path, metavar="README", help="rewrite the options part of this file")
+    for sub in commands.choices.values():  # `compare ... --verbose` works too (SUPPRESS: never undoes `-v compare`)
+        sub.add_argument("--verbose", "-v", **{**verbose, "default": argparse.SUPPRESS})
     return parser
 
 
@@ -131,19 +137,6 @@ def run_settings(args: argparse.Namespace) -> dict[str, Any]:
         "target_precision", "time_budget_s", "timing",
     ]
     return {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
-
-
-def _progress(quiet: bool) -> Any:
-    last = {"phase": None}
-
-    def report(phase: str, done: int, total: int) -> None:
-        if quiet:
-            return
-        if phase != last["phase"]:
-            last["phase"] = phase
-            print(f"  {phase}", file=sys.stderr, flush=True)
-
-    return report
 
 
 def _check_model_early(model: str) -> None:
@@ -164,7 +157,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     run = parse_run(run_settings(args))
     preset = load_preset(args.preset)
     _check_model_early(run.model)
-    comparison = compare(run, preset, isolation=args.isolation, progress=_progress(args.quiet))
+    comparison = compare(run, preset, isolation=args.isolation, progress=progress_printer(args.quiet))
     report = write_report(comparison, args.out)
     print(f"{preset.name}: {report.run['model']}, {report.run['steps']} steps, "
           f"{report.run['width']}x{report.run['height']}, {report.environment['device_name']}")
@@ -210,11 +203,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         raise ConfigError(f"--quality {args.quality!r}: use one of {', '.join(QUALITY_METRICS)}")
     space, run, prompts, seeds = _sweep_inputs(args)
     if args.ray is not None:
-        from optim.distributed import sweep_command
-
-        return sweep_command(args, space, run, prompts, seeds)
+        return sweep_on_ray(args, space, run, prompts, seeds)
     result = run_sweep(space, prompts, args.out, run_spec=run, seeds=seeds, resume=args.resume,
-                       quality=args.quality, progress=_progress(args.quiet),
+                       quality=args.quality, progress=progress_printer(args.quiet),
                        point_budget_s=args.point_budget_s or POINT_BUDGET_S)
     ok = [row for row in result.rows if row["status"] == "ok"]
     print(f"{space.name}: {len(result.rows)} points ({len(ok)} measured, {result.resumed} from an earlier run), "
@@ -241,11 +232,9 @@ def cmd_tune(args: argparse.Namespace) -> int:
     budget = parse_budget(args.budget)
     space, run, prompts, seeds = _sweep_inputs(args)
     if args.ray is not None:
-        from optim.distributed import tune_command
-
-        return tune_command(args, space, run, prompts, seeds, floors, budget)
+        return tune_on_ray(args, space, run, prompts, seeds, floors, budget)
     result = tune(space, prompts, floors, args.out, budget_s=budget, run_spec=run, seeds=seeds, resume=args.resume,
-                  progress=_progress(args.quiet), point_budget_s=args.point_budget_s or 10.0)
+                  progress=progress_printer(args.quiet), point_budget_s=args.point_budget_s or 10.0)
     print(f"{result.strategy}: {result.evaluations} evaluations in {result.elapsed_s:.0f} s over "
           f"{len(prompts.prompts)} prompts x {len(seeds)} seed(s)")
     if result.best is None:
@@ -255,6 +244,73 @@ def cmd_tune(args: argparse.Namespace) -> int:
     print(f"fastest meeting {', '.join(str(f) for f in floors)}: {best['label']}: {best['speedup']:.2f}x "
           f"({best['speedup_low']:.2f}-{best['speedup_high']:.2f}, {best['verdict']}), "
           + ", ".join(f"{f.metric} {best[f.metric]:.4f}" for f in floors))
+    print(f"wrote {args.out}/tuned.json (the preset) and the evidence: sweep.json, sweep.csv, pareto.png")
+    return 0
+
+
+def _device_title(group: dict[str, Any]) -> str:
+    hosts = group["hosts"]
+    shown = ", ".join(hosts[:4]) + (f" and {len(hosts) - 4} more" if len(hosts) > 4 else "")
+    return f"{group['device_name']} ({group['device'] or '?'}; {shown or 'no host recorded'})"
+
+
+def sweep_on_ray(args: argparse.Namespace, space: Any, run: Any, prompts: Any, seeds: list[int]) -> int:
+    """`python -m optim sweep ... --ray [ADDRESS]`: the local summary, grouped by device."""
+    from optim.distributed import require_ray, run_sweep_ray
+    from optim.sweep import POINT_BUDGET_S
+
+    require_ray()
+    result = run_sweep_ray(space, prompts, args.out, address=args.ray, workers=args.ray_workers, run_spec=run,
+                           seeds=seeds, resume=args.resume, quality=args.quality, progress=progress_printer(args.quiet),
+                           point_budget_s=args.point_budget_s or POINT_BUDGET_S)
+    ok = [row for row in result.rows if row["status"] == "ok"]
+    workers = result.ray.get("workers", [])
+    print(f"{space.name}: {len(result.rows)} points ({len(ok)} measured, {result.resumed} from an earlier run), "
+          f"{len(prompts.prompts)} prompts x {len(seeds)} seed(s), {result.elapsed_s:.0f} s "
+          f"({result.pipeline_s:.0f} s inside the pipeline) on Ray: {len(workers)} worker(s), "
+          f"{result.ray.get('nodes', '?')} node(s)")
+    by_id = {row["id"]: row for row in result.rows}
+    for group in result.devices:
+        print(f"on {_device_title(group)}:")
+        front = set(group["front"])
+        for row in (by_id[i] for i in group["rows"]):
+            mark = "*" if row["id"] in front else " "
+            if row["status"] == "ok":
+                print(f" {mark} {row['label'][:48]:48}  {row['speedup']:.2f}x ({row['speedup_low']:.2f}-"
+                      f"{row['speedup_high']:.2f}, {row['verdict']})  work {row['work_fraction']:.0%}  "
+                      f"{args.quality} {row[args.quality]:.4f}")
+            else:
+                print(f"   {row['label'][:48]:48}  {row['status']}: {row.get('reason', '')[:100]}")
+    if len(result.devices) > 1:
+        print(f"note: {len(result.devices)} devices: a speedup holds for the device it was measured on")
+    print(f"* on its device's Pareto front (speedup against {args.quality}); wrote {args.out}/ "
+          f"{', '.join(result.files[:3])} and {len(result.files) - 3} more")
+    return 0
+
+
+def tune_on_ray(args: argparse.Namespace, space: Any, run: Any, prompts: Any, seeds: list[int], floors: list[Any],
+                budget: float) -> int:
+    """`python -m optim tune ... --ray [ADDRESS]`."""
+    from optim.distributed import require_ray, tune_ray
+
+    require_ray()
+    result = tune_ray(space, prompts, floors, args.out, budget_s=budget, address=args.ray, workers=args.ray_workers,
+                      run_spec=run, seeds=seeds, resume=args.resume, progress=progress_printer(args.quiet),
+                      point_budget_s=args.point_budget_s or 10.0)
+    print(f"{result.strategy}: {result.evaluations} evaluations in {result.elapsed_s:.0f} s over "
+          f"{len(prompts.prompts)} prompts x {len(seeds)} seed(s), on Ray")
+    for group in result.devices:
+        print(f"on {_device_title(group)}: {group['points']} evaluations, {group['measured']} measured")
+    if result.best is None:
+        print("no evaluated configuration meets " + ", ".join(str(f) for f in floors))
+        return 1
+    best = result.best
+    where = f" on {best['device_name']}" if best.get("device_name") else ""
+    print(f"fastest meeting {', '.join(str(f) for f in floors)}: {best['label']}: {best['speedup']:.2f}x "
+          f"({best['speedup_low']:.2f}-{best['speedup_high']:.2f}, {best['verdict']}){where}, "
+          + ", ".join(f"{f.metric} {best[f.metric]:.4f}" for f in floors))
+    if len(result.devices) > 1:
+        print(f"note: {len(result.devices)} devices: the fastest is chosen across them; see sweep.json's devices")
     print(f"wrote {args.out}/tuned.json (the preset) and the evidence: sweep.json, sweep.csv, pareto.png")
     return 0
 
@@ -325,12 +381,13 @@ def cmd_reference(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from optim.logs import quiet_libraries
+    from optim.logs import quiet_libraries, show_lab_logs
     from optim.machine import steady_threads
 
     steady_threads()
     quiet_libraries()
     args = build_parser().parse_args(argv)
+    show_lab_logs("INFO" if args.verbose else None)
     handlers = {"compare": cmd_compare, "presets": cmd_presets, "capabilities": cmd_capabilities, "schema": cmd_schema,
                 "reference": cmd_reference, "report-schema": cmd_report_schema, "sweep": cmd_sweep, "tune": cmd_tune}
     try:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import statistics
 import threading
 import time
@@ -42,6 +43,7 @@ from optim.timing import SEQUENTIAL_AUTO_RUNS, Plan, TimingSummary, Turns, run_t
 from optim.workcount import work_fractions
 
 ISOLATION_MODES = ("process", "inline")
+log = logging.getLogger(__name__)
 # Memory a second side needs beyond the first one's peak: allocator slack, a CUDA context.
 FIT_MARGIN = 1.10
 FIT_EXTRA_MB = {"cuda": 1024.0, "cpu": 256.0}
@@ -280,7 +282,13 @@ def prepare(
     ref = resolve_model(run_spec.model, allow_local=allow_local, local_roots=local_roots)
     run = resolve_run(run_spec, ref, cuda_available=capabilities.device_info().cuda)
     model = compat.describe_model(ref)
-    compat.check(optim, run, model)
+    try:
+        compat.check(optim, run, model)
+    except ConfigError:
+        raise
+    except OptimError as error:
+        log.info("refused before loading: %s", error)
+        raise
     return ref, run
 
 
@@ -345,6 +353,8 @@ def compare(
     key = BaselineCache.key(ref, run)
     warm = baseline_cache.take(key) if (baseline_cache is not None and isolation == "process") else None
     reused = warm is not None
+    if baseline_cache is not None:
+        log.info("baseline %s: %s", key[:12], "kept warm from an earlier comparison" if reused else "loading")
     handles: list[SideHandle] = []
     keep_baseline = False
     try:
@@ -371,6 +381,7 @@ def compare(
                 mode, reason = "interleaved", None if fits else f"asked for although it may not fit: {why}"
             else:
                 mode, reason = "sequential", f"both sides do not fit at once: {why}"
+        log.info("timing %s%s", mode, f" ({reason})" if reason else "")
 
         if mode == "interleaved":
             optimized = open_side(optimized_job)

@@ -49,3 +49,20 @@ class WorkerCrashed(RunError):
 
 class Cancelled(OptimError):
     """The user cancelled the comparison; everything it held has been freed."""
+
+
+def first_line(error: BaseException, limit: int = 300) -> str:
+    """An exception's first non-empty line (its class name when it has none), at most `limit` characters."""
+    for line in str(error).strip().splitlines():
+        if line.strip():
+            return line.strip()[:limit]
+    return type(error).__name__
+
+
+def rebuild_error(kind: str, message: str) -> OptimError:
+    """An error sent across a process boundary as (class name, message), raised again on this side as the same
+    class (any name that is not one of ours becomes a `RunError`)."""
+    cls = globals().get(kind)
+    if not (isinstance(cls, type) and issubclass(cls, OptimError)):
+        cls = RunError
+    return cls(message)

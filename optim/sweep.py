@@ -456,6 +456,14 @@ def start_sweep(space: Space, out: Path, *, run_spec: RunSpec | None, resume: bo
     return points, run_spec, done
 
 
+def append_row(out: Path, row: dict[str, Any]) -> None:
+    """Append one finished point's row to OUT/rows.jsonl, flushed and synced (a crash loses no finished point)."""
+    with open(out / "rows.jsonl", "a") as handle:
+        handle.write(json.dumps(row) + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
 def run_sweep(space: Space, prompts: PromptSet, out: Path, *, run_spec: RunSpec | None = None,
               seeds: list[int] | None = None, resume: bool = False, quality: str = "ssim_worst",
               progress: Callable[[str, int, int], None] | None = None,
@@ -476,10 +484,7 @@ def run_sweep(space: Space, prompts: PromptSet, out: Path, *, run_spec: RunSpec 
                 progress(f"point {len(rows) + 1}/{len(points)}: {point.label}", len(rows), len(points))
             row = evaluator.evaluate(point)
             rows.append(row)
-            with open(out / "rows.jsonl", "a") as handle:
-                handle.write(json.dumps(row) + "\n")
-                handle.flush()
-                os.fsync(handle.fileno())
+            append_row(out, row)
     finally:
         evaluator.close()
     order = {p.id: i for i, p in enumerate(points)}

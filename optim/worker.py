@@ -22,6 +22,7 @@ Example:
 from __future__ import annotations
 
 import json
+import logging
 import os
 import pickle
 import signal
@@ -34,9 +35,10 @@ from multiprocessing.connection import Connection
 from typing import Any, Callable
 
 from optim import errors, scratch
-from optim.errors import Cancelled, OptimError, WorkerCrashed
+from optim.errors import Cancelled, OptimError, WorkerCrashed, rebuild_error
 from optim.measure import Final, Probe, Progress, Setup, SideJob, Timing
 
+log = logging.getLogger(__name__)
 # Imported once in the zygote or the spares; children start with them already loaded.
 PRELOAD = ["optim.worker_preload"]
 START_METHODS = ("fork", "spawn")
@@ -124,6 +126,9 @@ class _Zygote:
     def _ensure_running(self) -> None:
         if self._process is not None and self._process.poll() is None:
             return
+        if self._process is not None:
+            log.warning("the worker zygote (pid %s) exited with %s: starting a new one", self._process.pid,
+                        self._process.returncode)
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self._process = subprocess.Popen(
             _command("optim.zygote", str(theirs.fileno()), *PRELOAD),
@@ -134,6 +139,7 @@ class _Zygote:
         )
         theirs.close()
         self._control = ours
+        log.info("worker zygote started (pid %s)", self._process.pid)
 
     def start(self, job: dict[str, Any]) -> Child:
         """Fork a child that runs `job`; return its `Child`."""
@@ -203,9 +209,14 @@ class SparePool:
         self._spares: list[_Spare] = []
 
     def _fill(self) -> None:
-        self._spares = [s for s in self._spares if s.process.poll() is None]
+        alive = [s for s in self._spares if s.process.poll() is None]
+        if len(alive) < len(self._spares):
+            log.warning("%d spare worker(s) died before being used: starting replacements",
+                        len(self._spares) - len(alive))
+        self._spares = alive
         while len(self._spares) < self.size:
             self._spares.append(_Spare())
+            log.info("spare worker started (pid %s)", self._spares[-1].process.pid)
 
     def prestart(self) -> None:
         """Start the spares now (a server does this at launch, so its first comparison does not wait)."""
@@ -218,6 +229,8 @@ class SparePool:
             spare = self._spares.pop(0)
             self._fill()
         if not spare.wait_ready(SPARE_READY_TIMEOUT_S):
+            log.error("spare worker (pid %s) did not become ready in %.0f s", spare.process.pid,
+                      SPARE_READY_TIMEOUT_S)
             spare.discard()
             raise WorkerCrashed(
                 "a worker process could not start (importing torch and diffusers failed or took more than "
@@ -370,6 +383,7 @@ class RemoteSide:
                 self._raise_ended()
             if kind == "pid":
                 self.pid = payload
+                log.info("%s side started in process %s (%s)", self.job.side, payload, launcher.method)
                 if self.cancelled:
                     self.kill()
             elif kind == "progress":
@@ -380,11 +394,13 @@ class RemoteSide:
                 self._cleanup_after_death()
             elif kind == "error":
                 self._collect_exit()
-                raise _rebuild(*payload)
+                raise rebuild_error(*payload)
             elif kind == wanted:
                 return payload
 
     def _raise_ended(self) -> None:
+        log.info("the %s side's process (pid %s) ended: %s", self.job.side, self.pid,
+                 "cancelled" if self.cancelled else _death(self.status))
         if self.cancelled:
             raise Cancelled("cancelled by the user; the run's process was stopped and its memory freed")
         raise WorkerCrashed(
@@ -481,13 +497,6 @@ def limit_memory(extra_mb: int) -> None:
 
     limit = int((virtual_mb() + extra_mb) * 1024 * 1024)
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-
-
-def _rebuild(kind: str, message: str) -> OptimError:
-    cls = getattr(errors, kind, None)
-    if not (isinstance(cls, type) and issubclass(cls, OptimError)):
-        cls = errors.RunError
-    return cls(message)
 
 
 def _death(status: int | None) -> str:

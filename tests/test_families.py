@@ -1,4 +1,4 @@
-"""Pipeline families (`optim/families.py`): tiny builds run, are deterministic and round-trip offline; the recorded
+"""Pipeline families (`optim/families/`, one module per family): tiny builds run, are deterministic and round-trip offline; the recorded
 guidance, cache, VAE and compile facts hold on the installed diffusers; full-size configs have the published sizes.
 
 Every tiny pipeline is built once per module (`tiny`), so the whole file takes seconds, not minutes.

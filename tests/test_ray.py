@@ -25,7 +25,7 @@ import pytest
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 from optim.config import parse_run  # noqa: E402
-from optim.distributed import _Job, by_device, pick, plan_workers, swap_key  # noqa: E402
+from optim.distributed import Job, by_device, pick, plan_workers, swap_key  # noqa: E402
 from optim.errors import ConfigError  # noqa: E402
 from optim.measure import swappable  # noqa: E402
 from optim.prompts import parse_prompt_set  # noqa: E402
@@ -61,9 +61,9 @@ def test_ray_flag_without_ray_says_how_to_install_it(tmp_path):
     assert not (tmp_path / "o" / "rows.jsonl").exists()
 
 
-def _job(settings: dict, name: str = "") -> _Job:
+def _job(settings: dict, name: str = "") -> Job:
     point = point_of(settings, where="test")
-    return _Job(point, swap_key(point.optim, point.id), future=None)  # type: ignore[arg-type]
+    return Job(point, swap_key(point.optim, point.id), future=None)  # type: ignore[arg-type]
 
 
 def test_placement_keeps_swappable_points_on_one_worker():
