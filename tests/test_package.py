@@ -96,3 +96,60 @@ def test_the_wheel_carries_its_data_and_works_from_anywhere(tmp_path):
                           text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.split() == ["mag_cache", "128"]
+
+
+def _module_imports() -> dict[str, set[str]]:
+    """Each project module's imports anywhere in it (a function's deferred import counts too), except those under
+    `if TYPE_CHECKING:` (types only), as module names of the project."""
+    import ast
+
+    modules = {}
+    for package in ("optim", "lab", "embedded"):
+        for path in (ROOT / package).rglob("*.py"):
+            name = ".".join(path.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
+            modules[name] = path
+    graph = {}
+    for name, path in modules.items():
+        found = set()
+        todo = list(ast.parse(path.read_text()).body)
+        while todo:
+            node = todo.pop()
+            if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.dump(node.test):
+                todo.extend(node.orelse)
+                continue
+            if isinstance(node, ast.Import):
+                found |= {alias.name for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                found |= {node.module} | {f"{node.module}.{alias.name}" for alias in node.names}
+            todo.extend(ast.iter_child_nodes(node))
+        graph[name] = {other for other in found if other in modules and other != name}
+    return graph
+
+
+def test_no_import_circle():
+    """A module never imports, directly or not, a module that imports it back (even in a function)."""
+    graph = _module_imports()
+    circles = []
+    for start in graph:
+        stack, seen = [(start, [start])], set()
+        while stack:
+            node, path = stack.pop()
+            for nxt in graph[node]:
+                if nxt == start:
+                    circles.append(" -> ".join([*path, start]))
+                elif nxt not in seen:
+                    seen.add(nxt)
+                    stack.append((nxt, [*path, nxt]))
+    assert not circles, circles[:5]
+
+
+def test_no_module_over_800_lines_outside_embedded():
+    """One job per module: the engine, the UI and the tools stay under 800 lines each (the embedded models'
+    training scripts are the exception: each is one long recipe)."""
+    long = {}
+    for package in ("optim", "lab", "scripts", "benchmarks"):
+        for path in (ROOT / package).rglob("*.py"):
+            lines = len(path.read_text().splitlines())
+            if lines > 800:
+                long[str(path.relative_to(ROOT))] = lines
+    assert not long, long
