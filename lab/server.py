@@ -39,7 +39,7 @@ def main() -> None:
     log_to_terminal()
     from lab.context import ServerContext
     from lab.layout import LAUNCH_KWARGS, build_demo
-    from optim.worker import launcher
+    from optim.launch import launcher
 
     ctx = ServerContext.create(spaces=sys.modules.get("spaces"))
     if ctx.zero_gpu:

@@ -4,7 +4,7 @@ loggers speak when asked. Real problems still reach the user, as our errors. Cal
 importing torch/diffusers: several notices are logged at import time.
 
 The lab's modules log on the paths one debugs (`logging.getLogger(__name__)` under `optim`): worker start and
-respawn (`optim.worker`), scheduling, retries and lost workers (`optim.distributed`), baseline reuse
+respawn (`optim.launch`, `optim.worker`), scheduling, retries and lost workers (`optim.distributed`), baseline reuse
 (`optim.engine`), refusals before loading (`optim.compat`). Quiet by default (warnings only); `--verbose` on the
 CLI, or OPTIM_LOG_LEVEL=INFO (or DEBUG) for the app and anything else, shows them (`show_lab_logs`).
 """

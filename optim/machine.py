@@ -98,12 +98,12 @@ def _involuntary_switches() -> int:
 
 # ------------------------------------------------------------------------------------- whose CPU time it was
 
-# Set by `optim.worker` in every side's environment: the process that started the lab's workers (the CLI, the
+# Set by `optim.launch` in every side's environment: the process that started the lab's workers (the CLI, the
 # app's server, a test). Set by `lab.server` when it serves: the port a browser showing the lab's page is
 # connected to.
 LAB_PID_ENV = "OPTIM_LAB_PID"
 LAB_PORT_ENV = "OPTIM_LAB_PORT"
-# The lab's own worker machinery, recognised by the module each process runs (`optim.worker._command`).
+# The lab's own worker machinery, recognised by the module each process runs (`optim.launch._command`).
 LAB_WORKER_MODULES = ("optim.zygote", "optim.spare")
 NEIGHBOURS_REFRESH_S = 5.0
 

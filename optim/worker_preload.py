@@ -3,7 +3,7 @@ starts with torch and diffusers loaded.
 
 On a CPU-only torch nothing here can initialize CUDA, so the zygote may fork after it. Where torch can use CUDA
 these imports DO initialize it (diffusers imports bitsandbytes, which calls `torch.cuda.get_device_capability`
-at import), which is why `optim.worker.start_method()` never forks there: spares import this and run one side
+at import), which is why `optim.launch.start_method()` never forks there: spares import this and run one side
 each, in the same process. Importing starts no thread pools.
 """
 

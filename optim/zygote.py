@@ -1,5 +1,5 @@
 """The worker zygote: a long-lived process that has imported torch and diffusers once and forks a fresh child
-for each side. Started by `optim.worker` as `python -m optim.zygote FD`; not meant to be run by hand.
+for each side. Started by `optim.launch` as `python -m optim.zygote FD`; not meant to be run by hand.
 
 Why not multiprocessing's forkserver: its children re-run the parent's `__main__` script (for `python app.py`,
 that is the whole Gradio app) before doing any work. Here a child is a plain fork of this small process.
@@ -13,7 +13,7 @@ Protocol, on Unix sockets:
 
 The zygote is single-threaded (forking a threaded process can deadlock the child) and exits when the parent
 closes the control socket. It is used only where the installed torch cannot use a GPU
-(`optim.worker.start_method`): on a machine with CUDA, importing diffusers initializes CUDA (through
+(`optim.launch.start_method`): on a machine with CUDA, importing diffusers initializes CUDA (through
 bitsandbytes, or torchao's `torch.cuda.is_available()` where bitsandbytes is absent), and a process must never
 fork after that; spare processes (`optim.spare`) are spawned there instead. Should the zygote run on a torch
 built with CUDA anyway (OPTIM_WORKER_START=fork), it watches every call that initializes the driver
@@ -32,6 +32,7 @@ import signal
 import socket
 import sys
 from multiprocessing.connection import Connection
+from typing import NoReturn
 
 MAX_JOB_BYTES = 1 << 22
 # torch.cuda functions that initialize the CUDA driver or runtime in this process (after which a forked child
@@ -86,6 +87,26 @@ def run_child(job: dict, connection: Connection) -> None:
     target(job["argument"], connection)
 
 
+def run_and_exit(connection: Connection, job: dict | None = None) -> NoReturn:
+    """In a side's process (a zygote's child, or a spare given its job): run the job, then end the process with
+    status 0, or 1 if the target raised (it reports its own errors first; this is a last resort). A spare first
+    receives its job here (`job` None); a parent that goes away ends it quietly."""
+    code = 0
+    try:
+        if job is None:
+            job = connection.recv()  # from our own parent process only: the socket is private
+        run_child(job, connection)
+    except (EOFError, OSError):  # the parent went away
+        code = 0
+    except BaseException:  # noqa: BLE001 - the target reports its own errors; this is a last resort
+        code = 1
+    finally:
+        try:
+            connection.close()
+        finally:
+            os._exit(code)
+
+
 def serve(control: socket.socket) -> None:
     running: dict[int, Connection] = {}
     while True:
@@ -123,16 +144,7 @@ def serve(control: socket.socket) -> None:
             control.close()
             for other in running.values():
                 other.close()
-            code = 0
-            try:
-                run_child(job, connection)
-            except BaseException:  # noqa: BLE001 - the target reports its own errors; this is a last resort
-                code = 1
-            finally:
-                try:
-                    connection.close()
-                finally:
-                    os._exit(code)
+            run_and_exit(connection, job)
         running[pid] = connection
         connection.send(("pid", pid))
 

@@ -61,14 +61,14 @@ def test_importing_the_worker_preload_initializes_cuda_where_cuda_is_present(tmp
 
 @simulation
 def test_a_cuda_machine_spawns_its_workers(tmp_path):
-    done, _ = _run_simulated("from optim.worker import start_method; print(start_method())", tmp_path)
+    done, _ = _run_simulated("from optim.launch import start_method; print(start_method())", tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.split()[-1] == "spawn"
 
 
 def test_start_method_follows_the_torch_build_and_the_override():
     from optim.errors import ConfigError
-    from optim.worker import start_method
+    from optim.launch import start_method
 
     assert start_method({}) == ("spawn" if _cuda_build() else "fork")  # from the torch build alone
     assert start_method({"OPTIM_WORKER_START": "spawn"}) == "spawn"
@@ -83,7 +83,7 @@ def test_a_whole_comparison_on_a_cuda_machine_never_forks_after_cuda_initializat
         from optim.config import parse_run
         from optim.engine import compare
         from optim.presets import load_preset
-        from optim.worker import launcher
+        from optim.launch import launcher
 
         run = parse_run({"device": "cpu", "steps": 2, "width": 64, "height": 64, "timed_runs": 1})
         report = compare(run, load_preset("baseline")).to_report()
@@ -107,9 +107,9 @@ from optim.config import parse_run
 from optim.engine import compare
 from optim.errors import OptimError
 from optim.presets import load_preset
-import optim.worker as worker
+import optim.launch as launch
 
-worker.PRELOAD = ["plant_cuda", *worker.PRELOAD]  # imported by the zygote before it forks anything
+launch.PRELOAD = ["plant_cuda", *launch.PRELOAD]  # imported by the zygote before it forks anything
 run = parse_run({"device": "cpu", "steps": 2, "width": 64, "height": 64, "timed_runs": 1})
 try:
     compare(run, load_preset("baseline"))

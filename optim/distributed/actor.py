@@ -99,7 +99,7 @@ class Slot:
         self.evaluator = None
 
     def close(self) -> bool:
-        from optim.worker import launcher
+        from optim.launch import launcher
 
         self._reset()
         launcher.stop()
