@@ -124,8 +124,13 @@ def build_clip_tokenizer() -> CLIPTokenizer:
 
 def build_t5_tokenizer() -> T5Tokenizer:
     """Unigram with one piece per vocabulary word ("▁red", ...) and single characters as fallback."""
+    return t5_tokenizer(vocabulary_words())
+
+
+def t5_tokenizer(words: list[str]) -> T5Tokenizer:
+    """The T5 tokenizer both embedded models use: one piece per word of `words`, single characters as fallback."""
     pieces: list[tuple[str, float]] = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)]
-    for word in vocabulary_words():
+    for word in words:
         pieces.append(("\u2581" + word, -1.0))
     pieces.append(("\u2581", -5.0))
     for ch in "abcdefghijklmnopqrstuvwxyz0123456789.,'-":

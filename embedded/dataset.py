@@ -74,7 +74,7 @@ def shape_geometry(scene: Scene, size: int = IMAGE_SIZE) -> tuple[float, float, 
     return cx, cy, r
 
 
-def _shape_polygon(shape: str, cx: float, cy: float, r: float):
+def shape_polygon(shape: str, cx: float, cy: float, r: float):
     if shape == "square":
         h = 0.9 * r  # a square of the same half-extent looks much bigger than a circle
         return [(cx - h, cy - h), (cx + h, cy - h), (cx + h, cy + h), (cx - h, cy + h)]
@@ -93,7 +93,7 @@ def shape_mask(scene: Scene, size: int = IMAGE_SIZE, supersample: int = 4) -> np
     if scene.shape == "circle":
         draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=255)
     else:
-        draw.polygon(_shape_polygon(scene.shape, cx, cy, r), fill=255)
+        draw.polygon(shape_polygon(scene.shape, cx, cy, r), fill=255)
     img = img.resize((size, size), Image.Resampling.BOX)
     return np.asarray(img, dtype=np.float32) / 255.0
 
@@ -118,26 +118,39 @@ def caption_scene(scene: Scene) -> str:
     return " ".join(words)
 
 
+# The grammar both embedded models' captions share: "a [size] COLOUR SHAPE ... on a COLOUR background".
+CAPTION_START = r"^\s*an?\s+(?:(?P<size>small|large|medium)\s+)?(?P<colour>\w+)\s+(?P<shape>\w+)"
+CAPTION_END = r"\s+on\s+an?\s+(?P<background>\w+)\s+background\s*\.?\s*$"
 _CAPTION_RE = re.compile(
-    r"^\s*an?\s+(?:(?P<size>small|large|medium)\s+)?(?P<colour>\w+)\s+(?P<shape>\w+)"
-    r"(?:\s+(?:at|in)\s+the\s+(?P<position>top left|top right|bottom left|bottom right|centre|center))?"
-    r"\s+on\s+an?\s+(?P<background>\w+)\s+background\s*\.?\s*$"
+    CAPTION_START
+    + r"(?:\s+(?:at|in)\s+the\s+(?P<position>top left|top right|bottom left|bottom right|centre|center))?"
+    + CAPTION_END
 )
+
+
+def match_caption(pattern: re.Pattern, caption: str) -> tuple[re.Match, str]:
+    """The caption matched against a dataset's grammar, and its size word ("" for medium), or a ValueError."""
+    m = pattern.match(caption.lower())
+    if not m:
+        raise ValueError(f"not a caption of this dataset: {caption!r}")
+    size = m.group("size") or ""
+    return m, "" if size == "medium" else size
+
+
+def check_vocabulary(colour: str, shape: str, background: str, caption: str) -> None:
+    """The palette and shapes both datasets draw from; a ValueError for a word outside them."""
+    if colour not in COLOURS or background not in COLOURS or shape not in SHAPES:
+        raise ValueError(f"word outside the vocabulary in {caption!r}")
 
 
 def parse_caption(caption: str) -> Scene:
     """Inverse of :func:`caption_scene` (without jitter). Raises ValueError outside the vocabulary."""
-    m = _CAPTION_RE.match(caption.lower())
-    if not m:
-        raise ValueError(f"not a caption of this dataset: {caption!r}")
-    size = m.group("size") or ""
-    size = "" if size == "medium" else size
+    m, size = match_caption(_CAPTION_RE, caption)
     position = m.group("position") or ""
     position = "" if position in ("centre", "center") else position
     scene = Scene(colour=m.group("colour"), shape=m.group("shape"), background=m.group("background"),
                   size=size, position=position)
-    if scene.colour not in COLOURS or scene.background not in COLOURS or scene.shape not in SHAPES:
-        raise ValueError(f"word outside the vocabulary in {caption!r}")
+    check_vocabulary(scene.colour, scene.shape, scene.background, caption)
     return scene
 
 

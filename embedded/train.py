@@ -115,6 +115,35 @@ def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
+def optimizer_step(loss: torch.Tensor, opt: torch.optim.Optimizer, params: list, ema_params: list, *, ema: float,
+                   step: int) -> None:
+    """One optimizer step with gradients clipped to norm 1, then the EMA copy moved towards the weights (its decay
+    ramps up to `ema` over the first steps). Both embedded models' transformers train this way."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    opt.step()
+    with torch.no_grad():
+        d = min(ema, (1 + step) / (10 + step))
+        torch._foreach_lerp_(ema_params, params, 1 - d)
+
+
+def record_progress(losslog: LossLog, running: list[float], loss: torch.Tensor, *, step: int, total: int, lr: float,
+                    t0: float, samples: int) -> list[float]:
+    """The transformer loop's bookkeeping: the mean loss every 20 steps into the log, a progress line and the CSV
+    every 200 (and at the end). Returns the running losses still to be averaged."""
+    running.append(loss.item())
+    if (step + 1) % 20 == 0 or step + 1 == total:
+        losslog.add("transformer", step + 1, float(np.mean(running)), lr)
+        running = []
+    if (step + 1) % 200 == 0 or step + 1 == total:
+        el = time.time() - t0
+        log(f"transformer step {step + 1}/{total} loss {losslog.rows[-1]['loss']:.4f} lr {lr:.2e} "
+            f"({el:.0f}s, {samples / el:.0f} samples/s)")
+        losslog.write()
+    return running
+
+
 def cosine_lr(step: int, total: int, base: float, warmup: int, floor: float = 0.02) -> float:
     if step < warmup:
         return base * (step + 1) / warmup
@@ -253,22 +282,9 @@ def train_transformer(pipe, args, device, losslog: LossLog) -> dict:
                            encoder_hidden_states=txt_emb[ci].to(device), txt_ids=txt_ids, img_ids=img_ids,
                            return_dict=False)[0]
         loss = F.mse_loss(pred, noise - x0)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        with torch.no_grad():
-            d = min(args.ema, (1 + step) / (10 + step))
-            torch._foreach_lerp_(ema_params, params, 1 - d)
-        running.append(loss.item())
-        if (step + 1) % 20 == 0 or step + 1 == args.steps:
-            losslog.add("transformer", step + 1, float(np.mean(running)), lr)
-            running = []
-        if (step + 1) % 200 == 0 or step + 1 == args.steps:
-            el = time.time() - t0
-            log(f"transformer step {step + 1}/{args.steps} loss {losslog.rows[-1]['loss']:.4f} lr {lr:.2e} "
-                f"({el:.0f}s, {(step + 1) * args.batch / el:.0f} samples/s)")
-            losslog.write()
+        optimizer_step(loss, opt, params, ema_params, ema=args.ema, step=step)
+        running = record_progress(losslog, running, loss, step=step, total=args.steps, lr=lr, t0=t0,
+                                  samples=(step + 1) * args.batch)
     pipe.transformer = ema.eval()
     pipe.register_modules(transformer=pipe.transformer)
     return {"shift_factor": shift, "scaling_factor": scale, "unique_captions": len(unique) - 1, "mu": mu}

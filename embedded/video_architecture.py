@@ -29,7 +29,7 @@ from diffusers import AutoencoderKLCogVideoX, CogVideoXDDIMScheduler, CogVideoXP
 from transformers import T5EncoderModel, T5Tokenizer
 
 from . import video_dataset
-from .architecture import _sharpen_t5, count_parameters, t5_config  # noqa: F401  (count_parameters re-exported)
+from .architecture import _sharpen_t5, count_parameters, t5_config, t5_tokenizer  # noqa: F401  (count_parameters re-exported)
 
 MAX_SEQUENCE_LENGTH = 16  # T5 length used in training and recommended for inference
 EXTRA_WORDS = ("an", "of", "in", "with", "medium", "shape", "video", "and", "is", "the", "at")
@@ -112,16 +112,9 @@ def vocabulary_words() -> list[str]:
 
 
 def build_t5_tokenizer() -> T5Tokenizer:
-    """Unigram with one piece per vocabulary word ("▁red", ...) and single characters as fallback."""
-    pieces: list[tuple[str, float]] = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)]
-    for word in vocabulary_words():
-        pieces.append(("\u2581" + word, -1.0))
-    pieces.append(("\u2581", -5.0))
-    for ch in "abcdefghijklmnopqrstuvwxyz0123456789.,'-":
-        pieces.append((ch, -8.0))
-    tok = T5Tokenizer(vocab=pieces, extra_ids=0)
-    tok.model_max_length = 512
-    return tok
+    """Unigram with one piece per vocabulary word ("▁red", ...) and single characters as fallback (the image
+    model's tokenizer, with this model's words)."""
+    return t5_tokenizer(vocabulary_words())
 
 
 def build_pipeline(seed: int = 0, transformer_config: dict | None = None, vae_config: dict | None = None

@@ -27,7 +27,16 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from PIL import Image, ImageDraw
 
-from .dataset import COLOURS, SHAPES, nearest_colour  # the image model's palette and shapes
+from .dataset import (  # the image model's palette, shapes and caption grammar
+    CAPTION_END,
+    CAPTION_START,
+    COLOURS,
+    SHAPES,
+    check_vocabulary,
+    match_caption,
+    nearest_colour,
+    shape_polygon,
+)
 
 VIDEO_SIZE = 64
 NUM_FRAMES = 9
@@ -124,15 +133,6 @@ def track(clip: Clip, num_frames: int = NUM_FRAMES) -> np.ndarray:
     return out
 
 
-def _polygon(shape: str, cx: float, cy: float, r: float):
-    if shape == "square":
-        h = 0.9 * r  # a square of the same half-extent looks much bigger than a circle
-        return [(cx - h, cy - h), (cx + h, cy - h), (cx + h, cy + h), (cx - h, cy + h)]
-    if shape == "triangle":  # isosceles, pointing up, filling the r-box
-        return [(cx, cy - r), (cx + r, cy + r), (cx - r, cy + r)]
-    raise ValueError(shape)
-
-
 def draw_mask(shape: str, cx: float, cy: float, r: float, size: int = VIDEO_SIZE, supersample: int = 4) -> np.ndarray:
     """Anti-aliased coverage in [0, 1] of one shape (centre/half-extent in pixels), (size, size) float32."""
     s = supersample
@@ -142,7 +142,7 @@ def draw_mask(shape: str, cx: float, cy: float, r: float, size: int = VIDEO_SIZE
     if shape == "circle":
         draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=255)
     else:
-        draw.polygon(_polygon(shape, cx, cy, r), fill=255)
+        draw.polygon(shape_polygon(shape, cx, cy, r), fill=255)
     img = img.resize((size, size), Image.Resampling.BOX)
     return np.asarray(img, dtype=np.float32) / 255.0
 
@@ -168,24 +168,19 @@ def caption_clip(clip: Clip) -> str:
 
 _PHRASE_TO_MOTION = {v: k for k, v in MOTIONS.items()}
 _CAPTION_RE = re.compile(
-    r"^\s*an?\s+(?:(?P<size>small|large|medium)\s+)?(?P<colour>\w+)\s+(?P<shape>\w+)\s+"
-    r"(?P<motion>moving left|moving right|moving up|moving down|growing|shrinking|staying still)"
-    r"\s+on\s+an?\s+(?P<background>\w+)\s+background\s*\.?\s*$"
+    CAPTION_START
+    + r"\s+(?P<motion>moving left|moving right|moving up|moving down|growing|shrinking|staying still)"
+    + CAPTION_END
 )
 
 
 def parse_caption(caption: str) -> Clip:
     """Inverse of :func:`caption_clip` (without jitter). Raises ValueError outside the grammar."""
-    m = _CAPTION_RE.match(caption.lower())
-    if not m:
-        raise ValueError(f"not a caption of this dataset: {caption!r}")
-    size = m.group("size") or ""
-    size = "" if size == "medium" else size
+    m, size = match_caption(_CAPTION_RE, caption)
     motion = _PHRASE_TO_MOTION[m.group("motion")]
     clip = Clip(colour=m.group("colour"), shape=m.group("shape"), background=m.group("background"),
                 motion=motion, size=size)
-    if clip.colour not in COLOURS or clip.background not in COLOURS or clip.shape not in SHAPES:
-        raise ValueError(f"word outside the vocabulary in {caption!r}")
+    check_vocabulary(clip.colour, clip.shape, clip.background, caption)
     if clip.colour == clip.background:
         raise ValueError(f"shape and background have the same colour in {caption!r}")
     if (motion == "growing" and size == "large") or (motion == "shrinking" and size == "small"):

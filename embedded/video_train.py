@@ -50,7 +50,7 @@ import torch.nn.functional as F  # noqa: E402
 
 from . import video_architecture as architecture  # noqa: E402
 from . import video_dataset as vd  # noqa: E402
-from .train import LossLog, cosine_lr, log  # noqa: E402
+from .train import LossLog, cosine_lr, log, optimizer_step, record_progress, setup_determinism  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -99,16 +99,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.ckpt_dir is None:
         args.ckpt_dir = str(Path(args.out) / ".ckpt") if args.quick else f"/tmp/tiny-cogvideox-ckpt-{args.seed}"
     return args
-
-
-def setup_determinism(seed: int, threads: int) -> None:
-    torch.manual_seed(seed)
-    torch.set_num_threads(threads)
-    torch.use_deterministic_algorithms(True)
-    # Tiny weights/activations drift into float32 denormals during training, which makes CPU
-    # kernels many times slower; flushing them to zero is deterministic and harmless here.
-    torch.set_flush_denormal(True)
-    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 
 
 def to_tensor(clips: np.ndarray) -> torch.Tensor:
@@ -367,22 +357,9 @@ def train_transformer(pipe, args, losslog: LossLog, ckpt: Path) -> dict:
         # The shape is a tenth of a frame: with plain MSE the model learned colour and motion but not shape.
         wts = 1.0 + (args.tf_fg_weight - 1.0) * shape_masks[idx].float()
         loss = ((pred - target).square() * wts).sum() / (wts.sum() * ch)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        with torch.no_grad():
-            d = min(args.ema, (1 + step) / (10 + step))
-            torch._foreach_lerp_(ema_params, params, 1 - d)
-        running.append(loss.item())
-        if (step + 1) % 20 == 0 or step + 1 == args.steps:
-            losslog.add("transformer", step + 1, float(np.mean(running)), lr)
-            running = []
-        if (step + 1) % 200 == 0 or step + 1 == args.steps:
-            el = time.time() - t0
-            log(f"transformer step {step + 1}/{args.steps} loss {losslog.rows[-1]['loss']:.4f} lr {lr:.2e} "
-                f"({el:.0f}s, {(step + 1 - start) * args.batch / el:.0f} samples/s)")
-            losslog.write()
+        optimizer_step(loss, opt, params, ema_params, ema=args.ema, step=step)
+        running = record_progress(losslog, running, loss, step=step, total=args.steps, lr=lr, t0=t0,
+                                  samples=(step + 1 - start) * args.batch)
         if (step + 1) % args.ckpt_every == 0 or step + 1 == args.steps:
             _atomic_save({"transformer": transformer.state_dict(), "ema": ema.state_dict(),
                           "opt": opt.state_dict(), "step": step + 1, "rows": losslog.rows}, state_path)

@@ -18,7 +18,7 @@ import gradio as gr
 from lab import fields
 from lab.context import ServerContext
 from lab.fields import CONTROL_KEYS, field_bounds, field_choices, field_kind, key_facts
-from lab.text import escape, model_note, settings_summary
+from lab.text import escape, model_note, plain_markdown, settings_summary
 from optim import config as C
 from optim.config import RunSpec
 from optim.errors import ConfigError, OptimError
@@ -124,7 +124,7 @@ def make_field_controls(ctx: ServerContext, defaults: dict[str, Any], prefix: st
     key = f"{prefix}.{name}"
     kind = fields.RUN_KINDS[name] if prefix == "run" and name in fields.RUN_KINDS else field_kind(cls, name)
     facts = key_facts(key)
-    label, info = facts.label, facts.help or None
+    label, info = facts.label, plain_markdown(facts.help or None)
     value = defaults.get(key)
     common = dict(elem_id=elem_id(key))
     if key in ctx.capabilities.options and kind == "bool":
@@ -175,7 +175,7 @@ def make_field_controls(ctx: ServerContext, defaults: dict[str, Any], prefix: st
         controls[key] = gr.Radio(["calibrate", "flux", "custom"], value=value, label=label, info=info, **common)
         custom_key = f"{key}.custom"
         custom = key_facts(custom_key)
-        controls[custom_key] = gr.Textbox(defaults[custom_key], label=custom.label, info=custom.help,
+        controls[custom_key] = gr.Textbox(defaults[custom_key], label=custom.label, info=plain_markdown(custom.help),
                                           placeholder="1.0, 0.98, 0.97, ...", elem_id=elem_id(custom_key),
                                           visible=value == "custom")
     else:
@@ -194,7 +194,8 @@ def _with_range(info: str | None, low: float | None, high: float | None, exclusi
 def _picker(ctx: ServerContext, defaults: dict[str, Any], key: str, tags: list[str]) -> Any:
     """The dropdown that picks a union's variant (cache method, quantization backend)."""
     facts = key_facts(key)
-    return gr.Dropdown(choice_labels(ctx, key, tags), value=defaults[key], label=facts.label, info=facts.help,
+    return gr.Dropdown(choice_labels(ctx, key, tags), value=defaults[key], label=facts.label,
+                       info=plain_markdown(facts.help),
                        elem_id=elem_id(key))
 
 
@@ -209,12 +210,13 @@ def check_control_bounds(ctx: ServerContext, values: dict[str, Any]) -> None:
 def model_choices() -> list[tuple[str, str]]:
     choices = [("embedded · tiny FLUX, runs on CPU", EMBEDDED_MODEL)]
     if (EMBEDDED_VIDEO_PATH / "model_index.json").is_file():
-        choices.append(("embedded-video · tiny CogVideoX trained here (a coloured shape moving), runs on CPU",
-                        EMBEDDED_VIDEO_MODEL))
+        # Short labels: a long one runs into the dropdown's arrow (the note below the box says the rest).
+        choices.append(("embedded-video · tiny CogVideoX, runs on CPU", EMBEDDED_VIDEO_MODEL))
     choices += [(name, name) for name in POPULAR_MODELS]
     choices += [(f"{TINY_PREFIX}{key} · tiny {fam.pipeline_class}, {TINY_NOTE}", f"{TINY_PREFIX}{key}")
                 for key, fam in FAMILIES.items()]
-    choices += [(f"synthetic:{key} · random weights, GPU only", f"synthetic:{key}") for key in SYNTHETIC_MODELS]
+    choices += [(f"synthetic:{key} · random weights, " + ("runs on CPU" if model.runs_on_cpu else "GPU only"),
+                 f"synthetic:{key}") for key, model in SYNTHETIC_MODELS.items()]
     return choices
 
 
@@ -253,7 +255,7 @@ def build_settings(ctx: ServerContext, defaults: dict[str, Any]) -> SettingsPane
             facts = key_facts("run.model")
             controls["run.model"] = gr.Dropdown(
                 model_choices(), value=defaults["run.model"], allow_custom_value=True, label=facts.label,
-                info=facts.help, elem_id=elem_id("run.model"))
+                info=plain_markdown(facts.help), elem_id=elem_id("run.model"))
             note = gr.HTML(model_note(ctx, defaults["run.model"]), elem_classes="lab-note")
             recommended = gr.Button("Use this model's recommended settings", size="sm", variant="secondary",
                                     elem_id="recommended-button")
@@ -273,7 +275,8 @@ def build_settings(ctx: ServerContext, defaults: dict[str, Any]) -> SettingsPane
                 for name in ("num_frames", "fps"):
                     frame_facts = key_facts(f"run.{name}")
                     controls[f"run.{name}"] = gr.Number(
-                        value=defaults.get(f"run.{name}"), label=frame_facts.label, info=frame_facts.help,
+                        value=defaults.get(f"run.{name}"), label=frame_facts.label,
+                        info=plain_markdown(frame_facts.help),
                         precision=0, placeholder="model default (video only)",
                         elem_id=elem_id(f"run.{name}"))
             run("guidance_scale")
@@ -316,7 +319,7 @@ def build_settings(ctx: ServerContext, defaults: dict[str, Any]) -> SettingsPane
             controls["quantization.components"] = gr.Dropdown(
                 ["transformer", "text_encoder", "text_encoder_2", "vae"],
                 value=defaults["quantization.components"], multiselect=True, allow_custom_value=True,
-                label=facts.label, info=facts.help, elem_id=elem_id("quantization.components"),
+                label=facts.label, info=plain_markdown(facts.help), elem_id=elem_id("quantization.components"),
                 visible=defaults["quantization.backend"] != "none")
             for backend, cls in C.QUANTIZATION_VARIANTS.items():
                 names = [n for n in cls.model_fields if n not in ("backend", "components")]

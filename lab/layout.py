@@ -16,7 +16,7 @@ from lab.results import build_results, wire_results
 from lab.run_panel import build_run_panel, wire_run_panel
 from lab.sharing import build_sharing, default_values, wire_sharing
 from lab.sweep_panel import build_sweep_panel, wire_sweep_panel
-from lab.text import capabilities_markdown, header_html
+from lab.text import capabilities_sections, header_html
 
 THEME = gr.themes.Soft(
     primary_hue="orange",
@@ -80,8 +80,10 @@ def build_demo(ctx: ServerContext) -> gr.Blocks:
     defaults = default_values(ctx)
     with gr.Blocks(title="Diffusion Optimization Lab", fill_width=True) as demo:
         gr.HTML(header_html(ctx))
-        with gr.Accordion("What this machine can run (and why not)", open=False):
-            gr.Markdown(capabilities_markdown(ctx.capabilities))
+        with gr.Accordion("What this machine can run (and why not)", open=False, elem_id="capabilities"):
+            for title, body in capabilities_sections(ctx.capabilities):
+                with gr.Accordion(title, open=False):
+                    gr.Markdown(body)
         with gr.Tabs(elem_id="lab-tabs"):
             with gr.Tab("Compare", id="tab-compare"):
                 with gr.Row(equal_height=False):

@@ -332,7 +332,7 @@ def build_results() -> ResultsPanel:
                         elem_classes="lab-note")
             history_table = gr.Dataframe(headers=HISTORY_HEADERS, value=[], interactive=False, wrap=True,
                                          elem_id="history-table",
-                                         column_widths=["4%", "15%", "24%", "10%", "16%", "12%", "9%", "10%"])
+                                         column_widths=["4%", "14%", "28%", "22%", "14%", "10%", "8%"])
     history = gr.State([])
     shown = gr.State(None)
     return ResultsPanel(headline=headline, slider=slider, heatmap=heatmap, heatmap_caption=caption, metrics=metrics,

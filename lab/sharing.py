@@ -20,7 +20,7 @@ from lab.context import ServerContext
 from lab.controls import CUSTOM_PRESET, PRIVATE, SettingsPanel, check_control_bounds, elem_id, fill, no_change, warn
 from lab.errors import user_error
 from lab.fields import key_facts
-from lab.text import escape, log
+from lab.text import escape, log, plain_markdown
 from optim.config import RunSpec
 from optim.errors import ConfigError, OptimError
 from optim.presets import Preset, preset_from_json, preset_to_json
@@ -213,7 +213,8 @@ def build_sharing(ctx: ServerContext, defaults: dict[str, Any], controls: dict[s
         with gr.Row():
             for key, scale in (("preset.name", 1), ("preset.description", 2)):
                 facts = key_facts(key)
-                controls[key] = gr.Textbox(defaults[key], label=facts.label, info=facts.help, elem_id=elem_id(key),
+                controls[key] = gr.Textbox(defaults[key], label=facts.label, info=plain_markdown(facts.help),
+                                           elem_id=elem_id(key),
                                            scale=scale, max_lines=3 if key.endswith("description") else 1)
         with gr.Row():
             share_button = gr.Button("Create share link", size="sm", elem_id="share-button")

@@ -28,6 +28,7 @@ from optim.errors import ConfigError, OptimError
 from optim.presets import make_preset
 from optim.prompts import default_prompt_set, load_prompt_set, shipped_prompt_sets
 from optim.sweep import (
+    IDENTICAL_PSNR,
     QUALITY_METRICS,
     SETTABLE,
     SWEEPS_DIR,
@@ -38,7 +39,10 @@ from optim.sweep import (
 )
 from optim.tune import parse_budget, tune
 
-TABLE_HEADERS = ["#", "configuration", "speedup (95% CI)", "verdict", "work", "SSIM worst", "PSNR worst", "status"]
+# Six columns, so the table fits a 1280 px window: the verdict beside its interval, the worst case's SSIM and PSNR
+# in one cell, the status only when a point was not measured.
+TABLE_HEADERS = ["#", "configuration", "speedup (95% CI), verdict", "work", "worst prompt: SSIM · PSNR", "status"]
+TABLE_WIDTHS = ["5%", "33%", "24%", "8%", "18%", "12%"]
 CUSTOM_SPACE = "custom (edit below)"
 
 
@@ -118,12 +122,15 @@ def table_rows(rows: list[dict[str, Any]], front: set[str]) -> list[list[Any]]:
     for index, row in enumerate(rows, start=1):
         star = "★ " if row["id"] in front else ""
         if row.get("status") != "ok":
-            out.append([index, star + row["label"], "-", "-", "-", "-", "-", f"{row['status']}: "
+            out.append([index, star + row["label"], "-", "-", "-", f"{row['status']}: "
                         f"{(row.get('reason') or '')[:120]}"])
             continue
-        out.append([index, star + row["label"],
-                    f"{row['speedup']:.2f}× ({row['speedup_low']:.2f}–{row['speedup_high']:.2f})", row["verdict"],
-                    f"{row['work_fraction']:.0%}", f"{row['ssim_worst']:.4f}", f"{row['psnr_worst']:.1f} dB", "ok"])
+        low, high = row.get("speedup_low"), row.get("speedup_high")
+        span = f" ({low:.2f}–{high:.2f})" if low is not None and high is not None else ""
+        # The sweep stores "identical" (infinite PSNR) as IDENTICAL_PSNR for means and charts: say it in words.
+        psnr = "identical" if row["psnr_worst"] >= IDENTICAL_PSNR else f"{row['psnr_worst']:.1f} dB"
+        out.append([index, star + row["label"], f"{row['speedup']:.2f}×{span} {row['verdict']}",
+                    f"{row['work_fraction']:.0%}", f"{row['ssim_worst']:.4f} · {psnr}", ""])
     return out
 
 
@@ -138,7 +145,7 @@ def _progress_of(progress: Any) -> Callable[[str, int, int], None] | None:
         return None
 
     def report(phase: str, done: int, total: int) -> None:
-        progress((done, total) if total else None, desc=phase)
+        progress((done, total) if total else None, desc=phase, unit="points")
 
     return report
 
@@ -276,7 +283,7 @@ def build_sweep_panel(ctx: ServerContext) -> SweepPanel:
             status = gr.Markdown("Run a sweep to see its Pareto front here.", elem_id="sweep-status")
             chart = gr.Plot(label="Pareto front", format="png", show_label=False, elem_id="sweep-chart")
             table = gr.Dataframe(headers=TABLE_HEADERS, value=[], interactive=False, wrap=True,
-                                 elem_id="sweep-table")
+                                 column_widths=TABLE_WIDTHS, elem_id="sweep-table")
             files = gr.File(label="sweep.json, sweep.csv, pareto.png, presets of the front (and tuned.json)",
                             file_count="multiple", interactive=False)
     rows = gr.State([])

@@ -38,6 +38,13 @@ def escape(message: str) -> str:
     return html.escape(message, quote=False)
 
 
+def plain_markdown(text: str | None) -> str | None:
+    """Text shown as written where Gradio renders a little Markdown (a control's `info`): its renderer takes a
+    `*` as an emphasis mark and drops it, and honours no escape (a backslash or an HTML entity shows literally),
+    so a `*` becomes the look-alike U+2217. The settings' help avoids wildcards anyway."""
+    return None if text is None else text.replace("*", "\u2217")
+
+
 def _md_inline(text: str) -> str:
     return re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", escape(text))
 
@@ -142,7 +149,8 @@ def model_note(ctx: ServerContext, model: str) -> str:
 # ------------------------------------------------------------------------------------------- results
 
 
-HISTORY_HEADERS = ["#", "preset", "run", "speedup (95% CI)", "verdict", "memory", "PSNR", "work"]
+# Seven columns (verdict beside its interval), so no header is cut at 1280 px (lab.results sets the widths).
+HISTORY_HEADERS = ["#", "preset", "run", "speedup (95% CI), verdict", "peak memory", "PSNR", "work"]
 
 
 def history_rows(history: list[dict[str, Any]]) -> list[list[Any]]:
@@ -155,8 +163,7 @@ def history_rows(history: list[dict[str, Any]]) -> list[list[Any]]:
             r.preset.name,
             f"{run['model']} · {plural(run['steps'], 'step')} · {run['width']}×{run['height']} · seed {run['seed']} "
             f"· {entry['time']}",
-            _speedup_with_interval(r),
-            r.verdict,
+            f"{_speedup_with_interval(r)} {r.verdict}",
             f"{fmt_mb(r.baseline.peak_memory_mb)} → {fmt_mb(r.optimized.peak_memory_mb)}",
             "identical" if quality.psnr_db is None else f"{quality.psnr_db:.1f} dB",
             f"{r.optimized.work_fraction:.0%}",
@@ -400,25 +407,36 @@ def families_markdown() -> str:
         for key in keys:
             support = technique_support(key)[technique]
             if support.supported:
-                cells.append("✅")
+                cells.append("yes")
             else:
                 notes.append(f"- **{TECHNIQUE_LABELS[technique]}** on `{key}`: "
                              + escape(support.reason).replace("|", "/"))
-                cells.append(f"— ({len(notes)})")
+                cells.append(f"no ({len(notes)})")
         rows.append(f"| {TECHNIQUE_LABELS[technique]} | " + " | ".join(cells) + " |")
-    return ("**Pipeline families** (FLUX, Qwen-Image, SD3, CogVideoX, Wan: what each technique does on them; "
-            "refused before loading where it cannot work)\n\n" + "\n".join(rows)
+    return ("What each technique does on the pipeline families (FLUX, Qwen-Image, SD3, CogVideoX, Wan); refused "
+            "before loading where it cannot work.\n\n" + "\n".join(rows)
             + "\n\n" + "\n".join(f"{i + 1}. {line[2:]}" for i, line in enumerate(notes)))
 
 
-def capabilities_markdown(caps: Capabilities) -> str:
-    parts = []
+def capabilities_sections(caps: Capabilities) -> list[tuple[str, str]]:
+    """(title, Markdown) per settings section, for one closed accordion each: the title says how many options
+    run here ("Attention backend: 4 of 27 here"), the table says why each other does not. Plain words, not
+    check-mark emoji (a browser without an emoji font shows empty boxes)."""
+    sections = []
     for path, options in caps.options.items():
+        here = [option for option in options if option.available]
         rows = ["| option | here | why not |", "|---|---|---|"]
         for option in options:
-            mark = "✅" if option.available else "—"
             reason = (option.reason or option.note or "").replace("|", "/")
-            rows.append(f"| `{option.value}` | {mark} | {reason} |")
-        parts.append(f"**{SECTION_TITLES.get(path, path)}** (`{path}`)\n\n" + "\n".join(rows))
-    parts.append(families_markdown())
-    return "\n\n".join(parts)
+            rows.append(f"| `{option.value}` | {'yes' if option.available else 'no'} | {reason} |")
+        title = f"{SECTION_TITLES.get(path, path)}: {len(here)} of {len(options)} here"
+        sections.append((title, f"`{path}`\n\n" + "\n".join(rows)))
+    sections.append(("Pipeline families: which technique works on which", families_markdown()))
+    return sections
+
+
+def capabilities_markdown(caps: Capabilities) -> str:
+    """Every section at once (for a report or a test); the page shows `capabilities_sections` folded."""
+    return "\n\n".join(f"**{title}**\n\n{body}" for title, body in capabilities_sections(caps))
+
+

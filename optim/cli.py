@@ -37,6 +37,12 @@ def _runs(text: str) -> int | str:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number or 'auto'") from None
 
 
+def _prompt_sets() -> list[str]:
+    from optim.prompts import shipped_prompt_sets
+
+    return shipped_prompt_sets()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="python -m optim", description="Compare a diffusers pipeline with and without optimizations.")
     verbose = dict(action="store_true", help="log what the lab does on stderr: worker starts and respawns, "
@@ -84,8 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
         command = commands.add_parser(name, help=text)
         command.add_argument("--space", default=None if name == "sweep" else "tune-caches", required=name == "sweep",
                              help="a shipped space (" + ", ".join(_spaces()) + ") or a space .json file")
-        command.add_argument("--prompts", default=None, help="a shipped prompt set (embedded, general) or a text "
-                                                             "file, one prompt per line (default: the model's)")
+        command.add_argument("--prompts", default=None, help="a shipped prompt set (" + ", ".join(_prompt_sets())
+                             + ") or a text file, one prompt per line (default: the model's)")
         command.add_argument("--seeds", default="0", help="comma-separated seeds, each used with every prompt")
         command.add_argument("--model", help="'embedded' (default), a Hub id, a local folder, tiny:..., synthetic:...")
         command.add_argument("--steps", type=int)
@@ -211,17 +217,27 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     print(f"{space.name}: {len(result.rows)} points ({len(ok)} measured, {result.resumed} from an earlier run), "
           f"{len(prompts.prompts)} prompts x {len(seeds)} seed(s), {result.elapsed_s:.0f} s "
           f"({result.pipeline_s:.0f} s inside the pipeline)")
+    width = _label_width(result.rows)
     for row in result.rows:
         mark = "*" if row["id"] in {r["id"] for r in result.front} else " "
         if row["status"] == "ok":
-            print(f" {mark} {row['label'][:48]:48}  {row['speedup']:.2f}x ({row['speedup_low']:.2f}-"
-                  f"{row['speedup_high']:.2f}, {row['verdict']})  work {row['work_fraction']:.0%}  "
-                  f"{args.quality} {row[args.quality]:.4f}")
+            print(_row_line(row, mark, args.quality, width))
         else:
-            print(f"   {row['label'][:48]:48}  {row['status']}: {row.get('reason', '')[:100]}")
+            print(f"   {row['label']:{width}}  {row['status']}: {row.get('reason', '')[:100]}")
     print(f"* on the Pareto front (speedup against {args.quality}); wrote {args.out}/ "
           f"{', '.join(result.files[:3])} and {len(result.files) - 3} more")
     return 0
+
+
+def _label_width(rows: list[dict[str, Any]]) -> int:
+    """The label column's width: the longest label (never cut), at most 72 before the figures move right."""
+    return min(72, max((len(row["label"]) for row in rows), default=10))
+
+
+def _row_line(row: dict[str, Any], mark: str, quality: str, width: int) -> str:
+    return (f" {mark} {row['label']:{width}}  {row['speedup']:.2f}x ({row['speedup_low']:.2f}-"
+            f"{row['speedup_high']:.2f}, {row['verdict']})  work {row['work_fraction']:.0%}  {quality} "
+            f"{row[quality]:.4f}")
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
@@ -270,17 +286,16 @@ def sweep_on_ray(args: argparse.Namespace, space: Any, run: Any, prompts: Any, s
           f"({result.pipeline_s:.0f} s inside the pipeline) on Ray: {len(workers)} worker(s), "
           f"{result.ray.get('nodes', '?')} node(s)")
     by_id = {row["id"]: row for row in result.rows}
+    width = _label_width(result.rows)
     for group in result.devices:
         print(f"on {_device_title(group)}:")
         front = set(group["front"])
         for row in (by_id[i] for i in group["rows"]):
             mark = "*" if row["id"] in front else " "
             if row["status"] == "ok":
-                print(f" {mark} {row['label'][:48]:48}  {row['speedup']:.2f}x ({row['speedup_low']:.2f}-"
-                      f"{row['speedup_high']:.2f}, {row['verdict']})  work {row['work_fraction']:.0%}  "
-                      f"{args.quality} {row[args.quality]:.4f}")
+                print(_row_line(row, mark, args.quality, width))
             else:
-                print(f"   {row['label'][:48]:48}  {row['status']}: {row.get('reason', '')[:100]}")
+                print(f"   {row['label']:{width}}  {row['status']}: {row.get('reason', '')[:100]}")
     if len(result.devices) > 1:
         print(f"note: {len(result.devices)} devices: a speedup holds for the device it was measured on")
     print(f"* on its device's Pareto front (speedup against {args.quality}); wrote {args.out}/ "

@@ -219,10 +219,11 @@ class AttentionConfig(Settings):
             "Attention backend",
             "The kernel behind every attention call, through diffusers' dispatcher, restored to native afterwards. "
             "native is PyTorch's scaled_dot_product_attention; _native_math, _native_flash, _native_efficient and "
-            "_native_cudnn force one of its kernels; flex is FlexAttention; flash/flash_varlen FlashAttention-2, "
-            "_flash_3* FlashAttention-3 (Hopper); sage* SageAttention (int8 QK); xformers; *_hub kernels fetched "
-            "from the Hub. Fused kernels cut time and memory on a GPU; results can differ in the last bits. On a CPU "
-            "only native, _native_math, _native_flash and flex run.",
+            "_native_cudnn force one of its kernels; flex is FlexAttention; flash and flash_varlen FlashAttention-2; "
+            "_flash_3 and _flash_varlen_3 FlashAttention-3 (Hopper); the sage names SageAttention (int8 QK); "
+            "xformers; names ending in _hub fetch their kernel from the Hub. Fused kernels cut time and memory on a "
+            "GPU; results can differ in the last bits. On a CPU only native, _native_math, _native_flash and flex "
+            "run.",
             cuda={name: "its kernel runs on CUDA GPUs only" for name in ATTENTION_BACKENDS
                   if name not in CPU_ATTENTION and name not in ("_native_npu", "_native_xla")}))
     checks: bool = Field(False, **info(

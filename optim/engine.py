@@ -32,7 +32,7 @@ import numpy as np
 
 from optim import capabilities, compat
 from optim.config import OptimConfig, RunSpec
-from optim.errors import ConfigError, OptimError
+from optim.errors import Cancelled, ConfigError, OptimError
 from optim.measure import Final, Progress, Setup, Side, SideJob, SideResult, Timing
 from optim.metrics import diff_heatmap, image_quality
 from optim.models import ModelRef, ResolvedRun, resolve_model, resolve_run
@@ -388,10 +388,12 @@ def compare(
             handles.append(optimized)
             try:
                 optimized_setup = optimized.prepare()
+            except Cancelled:
+                raise  # the user stopped the comparison: both sides' processes are gone
             except OptimError:
                 # The optimized side could not load or apply: the baseline did nothing wrong and stays warm for
-                # the next comparison (a GPU check goes on to its next case without reloading it).
-                keep_baseline = baseline_cache is not None
+                # the next comparison (a GPU check goes on to its next case without reloading it), if it is alive.
+                keep_baseline = baseline_cache is not None and _alive(baseline)
                 raise
             turns = take_turns(baseline, optimized, Plan.for_run(run, max_runs=max_runs), device=run.device)
             baseline_final, optimized_final = baseline.finish(), optimized.finish()
@@ -423,6 +425,11 @@ def compare(
     )
 
 
+def _alive(side: SideHandle) -> bool:
+    """A side still able to run: a worker process that has not ended or been cancelled (an in-process side is)."""
+    return getattr(side, "status", None) is None and not getattr(side, "cancelled", False)
+
+
 def _sequential(baseline: SideHandle, baseline_setup: Setup, open_side: Callable[[SideJob], SideHandle],
                 baseline_job: SideJob, optimized_job: SideJob, run: ResolvedRun, runs: Turns,
                 handles: list[SideHandle], max_runs: int | None) -> tuple[Setup, Setup, Final, Final, str]:
@@ -431,20 +438,21 @@ def _sequential(baseline: SideHandle, baseline_setup: Setup, open_side: Callable
     and finals and the sequence run ('BBB OOOOOO BBB')."""
     total = run.timed_runs if isinstance(run.timed_runs, int) else min(SEQUENTIAL_AUTO_RUNS, max_runs or 50)
     first = max(1, (total + 1) // 2) if total > 1 else 1
-    for index in range(first):
-        timing = baseline.timed(f"timed run {index + 1}/{total}")
-        runs.baseline.append(timing)
-        runs.timed_s += timing.latency_s
+
+    def block(handle: SideHandle, into: list[Timing], numbers: range) -> None:
+        for index in numbers:
+            timing = handle.timed(f"timed run {index + 1}/{total}")
+            into.append(timing)
+            runs.timed_s += timing.latency_s
+
+    block(baseline, runs.baseline, range(first))
     baseline_final = baseline.finish()
     baseline.close()
     handles.remove(baseline)
     optimized = open_side(optimized_job)
     handles.append(optimized)
     optimized_setup = optimized.prepare()
-    for index in range(total):
-        timing = optimized.timed(f"timed run {index + 1}/{total}")
-        runs.optimized.append(timing)
-        runs.timed_s += timing.latency_s
+    block(optimized, runs.optimized, range(total))
     optimized_final = optimized.finish()
     optimized.close()
     handles.remove(optimized)
@@ -452,10 +460,7 @@ def _sequential(baseline: SideHandle, baseline_setup: Setup, open_side: Callable
         again = open_side(baseline_job)
         handles.append(again)
         again.prepare()
-        for index in range(first, total):
-            timing = again.timed(f"timed run {index + 1}/{total}")
-            runs.baseline.append(timing)
-            runs.timed_s += timing.latency_s
+        block(again, runs.baseline, range(first, total))
         second = again.finish()
         same = bool(np.array_equal(baseline_final.image, second.image))
         baseline_final = Final(image=second.image, deterministic=baseline_final.deterministic and second.deterministic

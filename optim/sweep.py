@@ -161,19 +161,30 @@ def set_path(settings: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
     return out
 
 
-def point_of(settings: dict[str, Any], *, where: str) -> Point:
+def point_of(settings: dict[str, Any], *, where: str, varied: tuple[str, ...] = ()) -> Point:
+    """A point from its settings; `varied`: the field paths the space varies, named in its label even at their
+    default value (a grid over thresholds must not label one of them just "mag_cache")."""
     optim = parse_optim(settings, where=where)
-    return Point(id=point_id(optim), label=label_of(optim), optim=optim)
+    return Point(id=point_id(optim), label=label_of(optim, varied), optim=optim)
 
 
 def point_id(optim: OptimConfig) -> str:
     return hashlib.sha256(json.dumps(minimal_dict(optim), sort_keys=True).encode()).hexdigest()[:12]
 
 
-def label_of(optim: OptimConfig) -> str:
-    """A short readable name: 'first_block_cache threshold=0.1', 'compile regional' ..."""
+def label_of(optim: OptimConfig, varied: tuple[str, ...] = ()) -> str:
+    """A short readable name: 'first_block_cache threshold=0.1', 'compile regional' ..., with every field in
+    `varied` ('cache.threshold') shown even when it has its default value."""
     parts = []
-    for section, values in minimal_dict(optim).items():
+    settings = minimal_dict(optim)
+    full = optim.model_dump(mode="json")
+    for path in varied:
+        section, name = path.split(".", 1)
+        chosen = full.get(section)
+        if isinstance(chosen, dict) and chosen.get(name) is not None:
+            shown = settings.setdefault(section, {k: chosen[k] for k in ("method", "backend") if k in chosen})
+            shown.setdefault(name, chosen[name])
+    for section, values in settings.items():
         details = " ".join(f"{k}={v}" for k, v in values.items() if k not in ("method", "backend"))
         head = values.get("method") or values.get("backend") or section
         parts.append(f"{head} {details}".strip() if head != section else f"{section} {details}".strip())
@@ -188,12 +199,15 @@ def expand(space: Space) -> list[Point]:
         settings = space.base
         for path, value in zip(paths, values):
             settings = set_path(settings, path, value)
-        points.append(point_of(settings, where=f"space point {index + 1} ({', '.join(map(str, values))})"))
+        points.append(point_of(settings, where=f"space point {index + 1} ({', '.join(map(str, values))})",
+                               varied=tuple(paths)))
     for index, settings in enumerate(space.points):
         merged = json.loads(json.dumps(space.base))
         for section, values in settings.items():
             merged[section] = {**merged.get(section, {}), **values} if isinstance(values, dict) else values
-        points.append(point_of(merged, where=f"space.points[{index}]"))
+        given = tuple(f"{section}.{name}" for section, values in settings.items() if isinstance(values, dict)
+                      for name in values if name not in ("method", "backend"))
+        points.append(point_of(merged, where=f"space.points[{index}]", varied=given))
     unique = {point.id: point for point in points}
     return list(unique.values())
 

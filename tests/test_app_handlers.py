@@ -21,7 +21,7 @@ from lab import api, fields, results, run_panel, sharing, text
 from lab import controls as ui
 from lab.context import ServerContext
 from lab.fields import CONTROL_KEYS, OPTIM_KEYS
-from optim.config import OptimConfig, RunSpec
+from optim.config import AttentionConfig, OptimConfig, RunSpec
 from optim.errors import ConfigError
 from optim.presets import make_preset, preset_from_json, preset_to_json, shipped_preset_names
 
@@ -536,3 +536,39 @@ def test_example_prompts_are_in_each_embedded_models_grammar():
         video_dataset.parse_caption(prompt)
         with pytest.raises(ValueError):
             dataset.parse_caption(prompt)
+
+
+def test_help_text_never_hands_gradio_an_emphasis_mark():
+    """Gradio's `info` takes `*` as emphasis and drops it (the attention help read "_flash_3 FlashAttention-3;
+    sage SageAttention" with the words between two stars in italics): no control's help holds one."""
+    from lab.text import plain_markdown
+
+    controls = {}
+    ui.make_field_controls(CTX, DEFAULT_VALUES, "attention", AttentionConfig, "backend", controls)
+    info = controls["attention.backend"].info
+    assert "_flash_3 and _flash_varlen_3" in info and "ending in _hub" in info and "*" not in info
+    assert plain_markdown("sage* and *_hub") == "sage\u2217 and \u2217_hub"
+
+
+def test_the_capabilities_panel_folds_into_sections_without_emoji():
+    sections = text.capabilities_sections(CTX.capabilities)
+    titles = [title for title, _ in sections]
+    assert any(title.startswith("Attention backends: ") and " of " in title and title.endswith(" here")
+               for title in titles), titles
+    everything = " ".join(body for _, body in sections)
+    assert not any(ord(ch) > 0x2FFF for ch in everything), "an emoji shows as an empty box without an emoji font"
+    assert "| `native` | yes |" in everything and "| no |" in everything
+
+
+def test_sweep_rows_say_identical_and_progress_counts_points():
+    from lab import sweep_panel
+
+    row = {"id": "a", "label": "attention _native_flash", "status": "ok", "speedup": 1.0, "speedup_low": 0.98,
+           "speedup_high": 1.02, "verdict": "equivalent", "work_fraction": 1.0, "ssim_worst": 1.0,
+           "psnr_worst": 99.0}
+    cells = sweep_panel.table_rows([row], set())[0]
+    assert len(cells) == len(sweep_panel.TABLE_HEADERS) and "identical" in cells[4] and "99" not in cells[4]
+    assert "equivalent" in cells[2]
+    seen = []
+    sweep_panel._progress_of(lambda value, desc, unit: seen.append((value, desc, unit)))("point 1/10", 0, 10)
+    assert seen == [((0, 10), "point 1/10", "points")]

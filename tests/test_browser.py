@@ -175,6 +175,12 @@ def test_preset_picker_share_button_and_presets_saved_in_the_browser(server_url,
         "return el && el.value === text; }",
         arg=[elem_id("run.prompt"), default_values(context)["run.prompt"]], timeout=60_000,
     )
+    # The attention help shows on screen exactly as written (Gradio's Markdown used to eat its `*` wildcards).
+    from optim.config import AttentionConfig, facts
+
+    page.get_by_role("tab", name="Attention").click()
+    shown = " ".join(control(page, "attention.backend").inner_text().split())
+    assert " ".join(facts(AttentionConfig, "backend").help.split()) in shown, shown
     pick(page, "preset-picker", "taylorseer")
     page.get_by_role("tab", name="Cache").click()
     page.wait_for_function(

@@ -153,3 +153,14 @@ def test_no_module_over_800_lines_outside_embedded():
             if lines > 800:
                 long[str(path.relative_to(ROOT))] = lines
     assert not long, long
+
+
+def test_every_preset_shown_in_readme_loads_as_a_preset():
+    """A reader copies README's JSON examples into files: each one that is a preset must load as one."""
+    from optim.presets import preset_from_json
+
+    blocks = re.findall(r"```json\n(.*?)```", (ROOT / "README.md").read_text(), flags=re.S)
+    presets = [block for block in blocks if '"optim"' in block]
+    assert presets, "README shows no preset"
+    for block in presets:
+        preset_from_json(block, where="README")

@@ -39,7 +39,7 @@ def test_a_three_point_sweep_writes_every_artefact(tmp_path):
                        point_budget_s=0.5)
     rows = result.rows
     assert [row["status"] for row in rows] == ["ok"] * 3
-    assert [row["label"] for row in rows] == ["first_block_cache", "first_block_cache threshold=0.2",
+    assert [row["label"] for row in rows] == ["first_block_cache threshold=0.05", "first_block_cache threshold=0.2",
                                               "first_block_cache threshold=0.5"]
     for row in rows:
         # An interval from the paired runs (none from fewer than 2 pairs, none of zero width from real timings).
@@ -128,3 +128,31 @@ def test_a_floor_on_an_unknown_metric_exits_2_with_one_line(tmp_path):
     done = _cli("tune", "--floor", "lpips>=0.9", "--out", str(tmp_path), timeout=120)
     assert done.returncode == 2 and "unknown metric 'lpips'" in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_labels_name_every_varied_setting_even_at_its_default():
+    """A grid over MagCache thresholds labels its default point "threshold=0.06", not just "mag_cache"; an explicit
+    point names what it sets; the CLI prints labels whole (it used to cut them at 48 characters)."""
+    from optim.sweep import expand
+
+    space = load_space(json.dumps({
+        "name": "labels", "base": {"cache": {"method": "mag_cache"}}, "grid": {"cache.threshold": [0.04, 0.06]},
+        "points": [{"cache": {"method": "taylorseer", "cache_interval": 5}},
+                   {"cache": {"method": "taylorseer", "cache_interval": 3, "taylor_factors_dtype": "bfloat16"}}]}))
+    labels = [point.label for point in expand(space)]
+    assert labels == ["mag_cache threshold=0.04", "mag_cache threshold=0.06", "taylorseer cache_interval=5",
+                      "taylorseer cache_interval=3 taylor_factors_dtype=bfloat16"]
+    from optim.cli import _label_width, _row_line
+
+    row = {"label": labels[-1], "speedup": 1.5, "speedup_low": 1.4, "speedup_high": 1.6, "verdict": "faster",
+           "work_fraction": 0.5, "ssim_worst": 0.99}
+    assert labels[-1] in _row_line(row, "*", "ssim_worst", _label_width([row]))
+
+
+def test_sweep_help_lists_every_shipped_prompt_set():
+    from optim.prompts import shipped_prompt_sets
+
+    done = _cli("sweep", "--help", timeout=120)
+    assert done.returncode == 0
+    text = " ".join(done.stdout.split())
+    assert "quick" in shipped_prompt_sets() and all(name in text for name in shipped_prompt_sets())
