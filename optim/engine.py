@@ -37,9 +37,8 @@ from optim.measure import Final, Progress, Setup, Side, SideJob, SideResult, Tim
 from optim.metrics import diff_heatmap, image_quality
 from optim.models import ModelRef, ResolvedRun, resolve_model, resolve_run
 from optim.presets import Preset, make_preset, preset_to_dict
-from optim.report_model import REPORT_SCHEMA_VERSION, Report
-from optim.stats import RatioInterval
-from optim.timing import SEQUENTIAL_AUTO_RUNS, Plan, TimingSummary, Turns, run_time, summarize, take_turns
+from optim.report_model import REPORT_SCHEMA_VERSION, Interval, Report, TimingReport
+from optim.timing import SEQUENTIAL_AUTO_RUNS, Plan, Turns, run_time, summarize, take_turns
 from optim.workcount import work_fractions
 
 ISOLATION_MODES = ("process", "inline")
@@ -74,12 +73,12 @@ class Comparison:
     heatmap_scale: int
     work_fraction: float
     work_per_step: list[float]
-    timing: TimingSummary
+    timing: TimingReport  # report.json's timing section, built by optim.timing.summarize
     baseline_reused: bool = False
     elapsed_s: float = 0.0
 
     @property
-    def speedup_interval(self) -> RatioInterval:
+    def speedup_interval(self) -> Interval:
         return self.timing.speedup
 
     @property
@@ -94,7 +93,7 @@ class Comparison:
         return {
             "latency_s": stats(side.latency_s),
             # The time the ratio is taken from (`timing.estimator`): wall time, or wall time less run-queue wait.
-            "time_s": stats([run_time(t, self.timing.estimator) for t in side.timings]),
+            "time_s": stats([run_time(t, self.timing.estimator.name) for t in side.timings]),
             "per_step_s": side.per_step_s,
             "peak_memory_mb": side.peak_memory_mb,
             "peak_memory_runs_mb": [t.peak_memory_mb for t in side.timings],
@@ -112,7 +111,7 @@ class Comparison:
             "applied": side.applied,
             "warnings": side.warnings,
             "deterministic": side.deterministic,
-            "runs": [{"latency_s": t.latency_s, "time_s": run_time(t, self.timing.estimator),
+            "runs": [{"latency_s": t.latency_s, "time_s": run_time(t, self.timing.estimator.name),
                       "peak_memory_mb": t.peak_memory_mb, **t.load.to_dict()} for t in side.timings],
         }
 
@@ -139,9 +138,9 @@ class Comparison:
             "speedup": speedup.estimate,
             "speedup_interval": [speedup.low, speedup.high],
             "verdict": speedup.verdict,
-            "timing": self.timing.to_dict(),
+            "timing": self.timing.model_dump(mode="json"),
             # One figure for the saving everywhere: the interval's estimate (`timing.memory_saving_mb`).
-            "memory_saving_mb": self.timing.memory.estimate,
+            "memory_saving_mb": self.timing.memory_saving_mb.estimate,
             "quality": {**self.quality, "heatmap_scale": self.heatmap_scale},
             "elapsed_s": self.elapsed_s,
             **({"video": self.video_info()} if self.is_video else {}),
@@ -175,7 +174,7 @@ class Comparison:
 
     @classmethod
     def from_sides(cls, run: ResolvedRun, preset: Preset, baseline: SideResult, optimized: SideResult, *,
-                   environment: dict[str, Any], timing: TimingSummary | None = None, baseline_reused: bool = False,
+                   environment: dict[str, Any], timing: TimingReport | None = None, baseline_reused: bool = False,
                    started: float | None = None) -> Comparison:
         """Everything derived from two measured sides: quality, the heatmap, the work fraction and (when not
         given) the timing summary of their runs taken as two independent blocks."""

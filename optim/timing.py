@@ -37,9 +37,10 @@ from typing import Any, Callable, Protocol
 
 from optim.machine import BUSY_CORES
 from optim.measure import Timing
+from optim.report_model import Contention, Estimator, Interval, TimingReport
+from optim.report_model import DifferenceInterval as MemoryInterval
 from optim.stats import (
     NEGLIGIBLE,
-    DifferenceInterval,
     RatioInterval,
     describe_memory,
     describe_speedup,
@@ -202,84 +203,6 @@ def _stop(plan: Plan, turns: Turns, pairs: int, device: str) -> str | None:
     return None
 
 
-@dataclass
-class TimingSummary:
-    """How the timed runs were taken, how far to trust the ratio, and what the machine was doing."""
-
-    mode: str  # "interleaved" or "sequential"
-    reason: str | None
-    order: str
-    sequence: str
-    runs_per_side: int
-    auto: bool
-    target_precision: float
-    time_budget_s: float
-    timed_s: float
-    stopped_because: str
-    estimator: str
-    estimator_why: str
-    speedup: RatioInterval
-    speedup_wall: RatioInterval
-    memory: DifferenceInterval
-    busy_runs: int
-    runs: int
-    others_cores_mean: float | None
-    lab_cores_mean: float | None = None
-    page_cores_mean: float | None = None
-    wait_share_mean: float | None = None
-    baseline_reuse: str | None = None
-
-    @property
-    def target_met(self) -> bool | None:
-        width = self.speedup.half_width
-        return None if width is None else width <= self.target_precision
-
-    @property
-    def busy_share(self) -> float:
-        return self.busy_runs / self.runs if self.runs else 0.0
-
-    def contention_note(self) -> str | None:
-        if not self.busy_runs:
-            return None
-        waited = (f"; the sides waited for a CPU {self.wait_share_mean:.0%} of their wall time, which their own "
-                  "time leaves out" if self.estimator == "own" and self.wait_share_mean else "")
-        return (f"the machine was busy during {self.busy_share:.0%} of the timed runs (other processes used "
-                f"{self.others_cores_mean or 0:.2f} of a core on average{waited}): the interval says how sure "
-                "the ratio still is")
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "mode": self.mode,
-            "reason": self.reason,
-            "order": self.order,
-            "sequence": self.sequence,
-            "runs_per_side": self.runs_per_side,
-            "auto": self.auto,
-            "target_precision": self.target_precision,
-            "time_budget_s": self.time_budget_s,
-            "timed_s": self.timed_s,
-            "stopped_because": self.stopped_because,
-            "target_met": self.target_met,
-            "estimator": {"name": self.estimator, "description": ESTIMATORS[self.estimator],
-                          "why": self.estimator_why},
-            "speedup": {**self.speedup.to_dict(), "text": describe_speedup(self.speedup)},
-            "speedup_wall": {**self.speedup_wall.to_dict(), "text": describe_speedup(self.speedup_wall)},
-            "memory_saving_mb": {**self.memory.to_dict(), "text": describe_memory(self.memory)},
-            "contention": {
-                "busy_runs": self.busy_runs,
-                "runs": self.runs,
-                "busy_share": self.busy_share,
-                "busy_threshold_cores": BUSY_CORES,
-                "others_cores_mean": self.others_cores_mean,
-                "lab_cores_mean": self.lab_cores_mean,
-                "page_cores_mean": self.page_cores_mean,
-                "wait_share_mean": self.wait_share_mean,
-                "note": self.contention_note(),
-            },
-            "baseline_reuse": self.baseline_reuse,
-        }
-
-
 ORDERS = {
     "interleaved": "in turns, in blocks of two pairs whose orders mirror each other (baseline-optimized, "
                    "optimized-baseline, or the reverse, drawn per block)",
@@ -294,9 +217,10 @@ def memory_band(baseline_peaks: list[float]) -> float:
 
 
 def summarize(mode: str, reason: str | None, run: Any, turns: Turns, *, reuse: str | None = None,
-              order: str | None = None, sequence: str | None = None) -> TimingSummary:
-    """The summary of a comparison's timed runs: the speedup under the estimator (and under wall time), the
-    memory difference, each with its interval and verdict, and the machine's load."""
+              order: str | None = None, sequence: str | None = None) -> TimingReport:
+    """The timing section of the report (`optim.report_model.TimingReport`, the one schema it has): the speedup
+    under the estimator (and under wall time), the memory difference, each with its interval and verdict, and
+    the machine's load."""
     b, o = turns.baseline, turns.optimized
     estimator, why = estimator_for(run.device, b + o)
     paired = mode == "interleaved"
@@ -316,19 +240,37 @@ def summarize(mode: str, reason: str | None, run: Any, turns: Turns, *, reuse: s
         shares = [v / w for v, w in zip(values, walls) if v is not None and w > 0]
         return statistics.fmean(shares) if shares else None
 
-    return TimingSummary(
+    busy = sum(load.busy for load in loads)
+    others, waited = mean_share([load.others_cpu_s for load in loads]), mean_share([load.wait_s for load in loads])
+    half_width = speedup.half_width
+    return TimingReport(
         mode=mode, reason=reason, order=order or ORDERS[mode],
-        sequence=sequence if sequence is not None else turns.sequence,
-        runs_per_side=min(len(b), len(o)), auto=run.timed_runs == "auto", target_precision=run.target_precision,
-        time_budget_s=run.time_budget_s, timed_s=turns.timed_s, stopped_because=turns.stopped_because,
-        estimator=estimator, estimator_why=why, speedup=speedup, speedup_wall=wall, memory=memory,
-        busy_runs=sum(load.busy for load in loads), runs=len(loads),
-        others_cores_mean=mean_share([load.others_cpu_s for load in loads]),
-        lab_cores_mean=mean_share([load.lab_cpu_s for load in loads]),
-        page_cores_mean=mean_share([load.page_cpu_s for load in loads]),
-        wait_share_mean=mean_share([load.wait_s for load in loads]),
+        sequence=sequence if sequence is not None else turns.sequence, runs_per_side=min(len(b), len(o)),
+        auto=run.timed_runs == "auto", target_precision=run.target_precision, time_budget_s=run.time_budget_s,
+        timed_s=turns.timed_s, stopped_because=turns.stopped_because,
+        target_met=None if half_width is None else half_width <= run.target_precision,
+        estimator=Estimator(name=estimator, description=ESTIMATORS[estimator], why=why),
+        speedup=Interval(**speedup.to_dict(), text=describe_speedup(speedup)),
+        speedup_wall=Interval(**wall.to_dict(), text=describe_speedup(wall)),
+        memory_saving_mb=MemoryInterval(**memory.to_dict(), text=describe_memory(memory)),
+        contention=Contention(
+            busy_runs=busy, runs=len(loads), busy_share=busy / len(loads) if loads else 0.0,
+            busy_threshold_cores=BUSY_CORES, others_cores_mean=others,
+            lab_cores_mean=mean_share([load.lab_cpu_s for load in loads]),
+            page_cores_mean=mean_share([load.page_cpu_s for load in loads]), wait_share_mean=waited,
+            note=contention_note(busy, len(loads), others, waited if estimator == "own" else None)),
         baseline_reuse=reuse,
     )
+
+
+def contention_note(busy: int, runs: int, others: float | None, waited: float | None) -> str | None:
+    """What the report says about a busy machine (nothing when no run was busy)."""
+    if not busy:
+        return None
+    wait = (f"; the sides waited for a CPU {waited:.0%} of their wall time, which their own time leaves out"
+            if waited else "")
+    return (f"the machine was busy during {busy / runs:.0%} of the timed runs (other processes used "
+            f"{others or 0:.2f} of a core on average{wait}): the interval says how sure the ratio still is")
 
 
 def paired_speedup(baseline: list[Timing], optimized: list[Timing], device: str) -> tuple[RatioInterval, str]:
