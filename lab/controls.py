@@ -152,6 +152,8 @@ def make_field_controls(ctx: ServerContext, defaults: dict[str, Any], prefix: st
             low = 0
         controls[key] = gr.Number(value=value, label=label, info=_with_range(info, low, high, exclusive),
                                   precision=None if kind == "float" else 0, step=step, **common)
+    elif kind == "numbers":
+        controls[key] = gr.Textbox(value=value, label=label, info=info, placeholder="6, 2, 2", **common)
     elif kind == "text":
         controls[key] = gr.Textbox(value=value, label=label, info=info, lines=2 if name == "prompt" else 1,
                                    max_lines=4, **common)

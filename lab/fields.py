@@ -70,7 +70,8 @@ def field_choices(cls: type, name: str) -> list[Any]:
 
 def field_kind(cls: type, name: str) -> str:
     """How a field is shown: int, float, bool, choice, range (two numbers), int_or_off (0 = None),
-    int_or_blank (empty = None), tristate (auto/on/off = None/True/False), mag_ratios, text, list."""
+    int_or_blank (empty = None), tristate (auto/on/off = None/True/False), mag_ratios, text, list (choices),
+    numbers (typed, separated by commas)."""
     if name == "mag_ratios":
         return "mag_ratios"
     annotation = cls.model_fields[name].annotation
@@ -95,8 +96,11 @@ def field_kind(cls: type, name: str) -> str:
         return "float"
     if base is str:
         return "text"
-    if get_origin(base) is tuple:
-        return "list"
+    if get_origin(base) in (tuple, list):
+        element = get_args(base)[0]
+        while get_origin(element) is not None and hasattr(element, "__metadata__"):
+            element = get_args(element)[0]
+        return "numbers" if element in (int, float) else "list"
     raise TypeError(f"no control for {cls.__name__}.{name} ({annotation})")
 
 
@@ -227,16 +231,22 @@ def read_field(values: dict[str, Any], prefix: str, cls: type, name: str) -> Any
             raise ConfigError(f"optim.{key}: {value!r} is not allowed; allowed: auto, on, off")
         return TRISTATE[value]
     if kind == "mag_ratios":
-        if value != "custom":
-            return value
-        text = values[f"{key}.custom"] or ""
-        try:
-            return [float(part) for part in re.split(r"[,\s]+", text.strip()) if part]
-        except ValueError:
-            raise ConfigError(
-                f"optim.{key}: {text[:60]!r} is not a list of numbers (write them separated by commas)"
-            ) from None
+        return value if value != "custom" else parse_numbers(key, values[f"{key}.custom"], float)
+    if kind == "numbers":
+        return parse_numbers(key, value, int)
     return value
+
+
+def parse_numbers(key: str, text: str | None, kind: type) -> list[Any]:
+    """Numbers typed into one box, separated by commas or spaces."""
+    text = text or ""
+    try:
+        return [kind(part) for part in re.split(r"[,\s]+", text.strip()) if part]
+    except ValueError:
+        whole = " whole" if kind is int else ""
+        raise ConfigError(
+            f"optim.{key}: {text[:60]!r} is not a list of{whole} numbers (write them separated by commas)"
+        ) from None
 
 
 def write_field(out: dict[str, Any], prefix: str, cls: type, name: str, value: Any) -> None:
@@ -256,6 +266,8 @@ def write_field(out: dict[str, Any], prefix: str, cls: type, name: str, value: A
             out[key], out[f"{key}.custom"] = "custom", ", ".join(repr(float(v)) for v in value)
     elif kind == "list":
         out[key] = list(value)
+    elif kind == "numbers":
+        out[key] = ", ".join(str(v) for v in value)
     else:
         out[key] = value
 

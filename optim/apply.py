@@ -17,6 +17,7 @@ from optim.models import ResolvedRun
 from optim.techniques import Applied
 from optim.techniques.attention import apply_attention
 from optim.techniques.cache import apply_cache
+from optim.techniques.cache_dit import apply_cache_dit
 from optim.techniques.compile import apply_channels_last, apply_compile, apply_dynamo_settings, resolve_fullgraph
 from optim.techniques.offload import apply_offload
 from optim.techniques.quantization import describe_quantization
@@ -35,7 +36,10 @@ def apply_before_probe(
     apply_attention(pipe, optim.attention, applied)
     # Both guidance branches batched in one call, which only happens at guidance > 1 (do_classifier_free_guidance).
     batched_cfg = guidance_style(pipe) == "cfg" and run.guidance_scale > 1.0
-    apply_cache(pipe, optim.cache, applied, steps=run.steps, batched_cfg=batched_cfg, mag_ratios=mag_ratios)
+    if optim.cache.method in C.CACHE_DIT_METHODS:  # the second cache provider (optim.techniques.cache_dit)
+        apply_cache_dit(pipe, optim.cache, applied, steps=run.steps, guidance_scale=run.guidance_scale)
+    else:
+        apply_cache(pipe, optim.cache, applied, steps=run.steps, batched_cfg=batched_cfg, mag_ratios=mag_ratios)
     apply_offload(pipe, optim.offload, applied, device=run.device, quantization=optim.quantization.backend)
     apply_vae(pipe, optim.vae, applied, width=run.width, height=run.height)
 

@@ -319,8 +319,13 @@ NOT_OFFERED_CACHES = {
 
 
 def cache_methods(info: DeviceInfo) -> tuple[Option, ...]:
-    offered = tuple(Option(method, True, label=C.variant_facts(cls)[0], note=C.variant_facts(cls)[1])
-                    for method, cls in C.CACHE_VARIANTS.items())
+    from optim.techniques.cache_dit import cache_dit_available
+
+    def why(method: str) -> str | None:
+        return cache_dit_available() if method in C.CACHE_DIT_METHODS else None
+
+    offered = tuple(Option(method, why(method) is None, why(method), label=C.variant_facts(cls)[0],
+                           note=C.variant_facts(cls)[1]) for method, cls in C.CACHE_VARIANTS.items())
     return offered + tuple(Option(name, False, reason) for name, reason in NOT_OFFERED_CACHES.items())
 
 

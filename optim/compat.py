@@ -128,6 +128,9 @@ def check(optim: C.OptimConfig, run: ResolvedRun, model: ModelInfo) -> None:
         # Without checks a CPU kernel takes float32 where the CUDA kernel would not (_native_flash); with checks
         # diffusers refuses what the constraint says, on any device.
         _check_attention_inputs(optim.attention.backend, run, model, checks=optim.attention.checks)
+    cache_reason = caps.reason("cache.method", optim.cache.method)
+    if cache_reason:
+        raise UnavailableError(f"cache {optim.cache.method!r} is not available here: {cache_reason}")
     _check_quantization(optim.quantization, model, cuda)
     if optim.compile.mode != "off":  # (the inductor modes' CUDA needs are settings facts, checked above)
         reason = caps.reason("compile.mode", optim.compile.mode)
@@ -213,8 +216,9 @@ def _check_family(optim: C.OptimConfig, run: ResolvedRun, model: ModelInfo) -> N
         if not cache.supported and not (mixes_branches and one_call):
             fix = (f" (it is fine at guidance <= 1, where {model.pipeline} makes one call a step)"
                    if mixes_branches else "")
-            others = [m.value for m in families.CacheMethod if support[f"cache.{m.value}"].supported]
-            instead = f"; use {' or '.join(others)}" if others else "; this family supports no diffusers cache"
+            others = [m for m in (*(m.value for m in families.CacheMethod), *families.CACHE_DIT_METHODS)
+                      if support[f"cache.{m}"].supported]
+            instead = f"; use {' or '.join(others)}" if others else "; this family supports no step cache"
             raise IncompatibleError(f"cache {method!r} cannot work on {name}: {cache.reason}{fix}{instead}")
         _check_cache_on_family(optim.cache, run, model, fam)
     if optim.compile.mode == "regional" and not support["compile.regional"].supported:

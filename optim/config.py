@@ -20,13 +20,37 @@ Example:
 from __future__ import annotations
 
 import difflib
-from dataclasses import dataclass
-from dataclasses import field as dataclass_field
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, model_validator
+from pydantic import BaseModel, Field, ValidationError, model_validator
 
+from optim.cache_settings import (  # noqa: F401  (re-exported: every cache setting is optim.config's too)
+    CACHE_DIT_METHODS,
+    CacheConfig,
+    CacheDitDBCache,
+    CacheDitStepsMask,
+    FasterCache,
+    FirstBlockCache,
+    MagCache,
+    NoCache,
+    PyramidAttentionBroadcast,
+    TaylorSeer,
+)
 from optim.errors import ConfigError
+from optim.settings import (  # noqa: F401  (re-exported: the settings machinery is optim.config's too)
+    Dtype,
+    Facts,
+    Settings,
+    SkipRange,
+    TimestepRange,
+    _check_range,
+    _only,
+    facts,
+    info,
+    json_key,
+    variant,
+    variant_facts,
+)
 
 # Every attention backend name diffusers 0.42 registers (`AttentionBackendName`); the seed's table is a subset.
 # Kept here as data so that validation needs no torch; a test checks it against the installed diffusers.
@@ -59,92 +83,6 @@ ATTENTION_BACKENDS: tuple[str, ...] = (
     "_sage_qk_int8_pv_fp16_triton",
     "xformers",
 )
-
-# A timestep range as diffusers takes it: (low, high) on the 0-1000 scale of the pipeline's timesteps.
-# JSON has no tuples, so the outer container is lax (a list is fine) while the numbers stay strict.
-TimestepRange = Annotated[tuple[StrictInt, StrictInt], Field(strict=False)]
-SkipRange = Annotated[int, Field(ge=1, le=50)]
-Dtype = Literal["float32", "bfloat16", "float16"]
-
-
-class Settings(BaseModel):
-    """Base of every settings model: frozen, strict, no unknown keys."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
-
-
-def info(label: str, help: str, *, advanced: bool = False, labels: dict[str, str] | None = None,
-         cuda: dict[Any, str] | None = None, faster_when_higher: bool = False) -> dict[str, Any]:
-    """`Field(**info(...))`: a setting's facts. `labels`: how its choices are shown; `cuda`: the values that need a
-    CUDA GPU, each with the reason (a bool field uses the key True); `faster_when_higher`: raising it skips more
-    work (faster, lower fidelity), which the tuner uses to bisect it."""
-    extra: dict[str, Any] = {"advanced": advanced}
-    if faster_when_higher:
-        extra["faster_when_higher"] = True
-    if labels:
-        extra["labels"] = labels
-    if cuda:
-        extra["needs_cuda"] = {json_key(value): reason for value, reason in cuda.items()}
-    return {"title": label, "description": help, "json_schema_extra": extra}
-
-
-def json_key(value: Any) -> str:
-    """A choice value as a JSON object key (True -> 'true')."""
-    return value if isinstance(value, str) else repr(value).lower()
-
-
-def variant(label: str, summary: str) -> ConfigDict:
-    """`model_config` of a technique variant (a cache method, a quantization backend): its label and summary."""
-    return ConfigDict(title=label, json_schema_extra={"summary": summary})
-
-
-@dataclass(frozen=True)
-class Facts:
-    """What the UI, the schema, the capability checks and README know about one setting."""
-
-    label: str
-    help: str
-    advanced: bool = False
-    labels: dict[str, str] = dataclass_field(default_factory=dict)
-    needs_cuda: dict[str, str] = dataclass_field(default_factory=dict)
-    faster_when_higher: bool = False
-
-    def cuda_reason(self, value: Any) -> str | None:
-        """Why `value` needs a CUDA GPU (None: it runs anywhere)."""
-        return self.needs_cuda.get(json_key(value))
-
-
-def facts(cls: type[BaseModel], name: str) -> Facts:
-    """The facts of field `name` of settings class `cls`."""
-    field_info = cls.model_fields[name]
-    extra = field_info.json_schema_extra if isinstance(field_info.json_schema_extra, dict) else {}
-    return Facts(
-        label=field_info.title or name.replace("_", " ").capitalize(),
-        help=field_info.description or "",
-        advanced=bool(extra.get("advanced")),
-        labels=dict(extra.get("labels") or {}),
-        needs_cuda=dict(extra.get("needs_cuda") or {}),
-        faster_when_higher=bool(extra.get("faster_when_higher")),
-    )
-
-
-def variant_facts(cls: type[BaseModel]) -> tuple[str, str]:
-    """(label, summary) of a technique variant class."""
-    extra = cls.model_config.get("json_schema_extra") or {}
-    return cls.model_config.get("title") or cls.__name__, str(extra.get("summary", ""))
-
-
-def _only(names: list[str]) -> str:
-    return f"{', '.join(names)} {'applies' if len(names) == 1 else 'apply'} only"
-
-
-def _check_range(value: tuple[int, int] | None, name: str) -> None:
-    if value is None:
-        return
-    low, high = value
-    if not (-1 <= low < high <= 1000):
-        raise ValueError(f"{name} must be (low, high) with -1 <= low < high <= 1000, got {list(value)}")
-
 
 # ----------------------------------------------------------------------------------------------- the run itself
 
@@ -232,166 +170,7 @@ class AttentionConfig(Settings):
 
 
 # ----------------------------------------------------------------------------------------------------- caches
-
-_SKIP = "Recompute {kind} attention every N calls and reuse it in between (empty: never skip it)."
-_STEPS = "Timesteps (0-1000 scale, low to high) where {kind} skipping applies."
-
-
-class NoCache(Settings):
-    model_config = variant("none", "No cache: every step computes every block.")
-    method: Literal["none"]
-
-
-class FirstBlockCache(Settings):
-    """diffusers `FirstBlockCacheConfig`: skip the remaining blocks while the first block's residual barely moves."""
-
-    model_config = variant("First Block Cache", "Skip the other blocks while the first block's output barely "
-                           "changes between steps, reusing their cached residual.")
-    method: Literal["first_block_cache"]
-    threshold: Annotated[float, Field(gt=0.0, le=1.0)] = Field(0.05, **info(
-        "Threshold", "When the first block's output changed less than this (relative) since the last computed "
-        "step, the other blocks are skipped. Higher: more skipped steps, lower fidelity.", faster_when_higher=True))
-
-
-class PyramidAttentionBroadcast(Settings):
-    """diffusers `PyramidAttentionBroadcastConfig` (arXiv 2408.12588). A skip range N recomputes attention once
-    every N calls while the timestep is inside the matching timestep range."""
-
-    model_config = variant("Pyramid Attention Broadcast", "Reuse attention outputs for N-1 of every N calls while "
-                           "the timestep is in range; cross attention tolerates the most skipping, spatial the least.")
-    method: Literal["pyramid_attention_broadcast"]
-    spatial_attention_block_skip_range: SkipRange | None = Field(2, **info(
-        "Spatial skip range", _SKIP.format(kind="spatial (self)"), faster_when_higher=True))
-    temporal_attention_block_skip_range: SkipRange | None = Field(None, **info(
-        "Temporal skip range", _SKIP.format(kind="temporal") + " Only for models with separate temporal attention "
-        "blocks.", advanced=True))
-    cross_attention_block_skip_range: SkipRange | None = Field(None, **info(
-        "Cross skip range", _SKIP.format(kind="cross"), advanced=True))
-    spatial_attention_timestep_skip_range: TimestepRange = Field((100, 800), **info(
-        "Spatial timesteps", _STEPS.format(kind="spatial")))
-    temporal_attention_timestep_skip_range: TimestepRange = Field((100, 800), **info(
-        "Temporal timesteps", _STEPS.format(kind="temporal"), advanced=True))
-    cross_attention_timestep_skip_range: TimestepRange = Field((100, 800), **info(
-        "Cross timesteps", _STEPS.format(kind="cross"), advanced=True))
-
-    @model_validator(mode="after")
-    def _ranges(self) -> PyramidAttentionBroadcast:
-        for kind in ("spatial", "temporal", "cross"):
-            _check_range(
-                getattr(self, f"{kind}_attention_timestep_skip_range"), f"{kind}_attention_timestep_skip_range"
-            )
-        if not any(
-            getattr(self, f"{kind}_attention_block_skip_range") for kind in ("spatial", "temporal", "cross")
-        ):
-            raise ValueError(
-                "pyramid_attention_broadcast skips nothing: set at least one of spatial_attention_block_skip_range, "
-                "temporal_attention_block_skip_range, cross_attention_block_skip_range"
-            )
-        return self
-
-
-class FasterCache(Settings):
-    """diffusers `FasterCacheConfig` (arXiv 2410.19355): reuse attention states and approximate the unconditional
-    branch. `is_guidance_distilled=None` means "decide from the model" (FLUX.1-dev style guidance embeddings)."""
-
-    model_config = variant("FasterCache", "Reuse attention states across steps with frequency-aware updates, and "
-                           "approximate the unconditional branch of batched classifier-free guidance.")
-    method: Literal["faster_cache"]
-    spatial_attention_block_skip_range: SkipRange | None = Field(2, **info(
-        "Spatial skip range", _SKIP.format(kind="spatial")))
-    temporal_attention_block_skip_range: SkipRange | None = Field(None, **info(
-        "Temporal skip range", _SKIP.format(kind="temporal") + " Video models only.", advanced=True))
-    spatial_attention_timestep_skip_range: TimestepRange = Field((-1, 681), **info(
-        "Spatial timesteps", _STEPS.format(kind="spatial")))
-    temporal_attention_timestep_skip_range: TimestepRange = Field((-1, 681), **info(
-        "Temporal timesteps", _STEPS.format(kind="temporal"), advanced=True))
-    low_frequency_weight_update_timestep_range: TimestepRange = Field((99, 901), **info(
-        "Low-frequency update range", "Timesteps where the low-frequency weight is updated.", advanced=True))
-    high_frequency_weight_update_timestep_range: TimestepRange = Field((-1, 301), **info(
-        "High-frequency update range", "Timesteps where the high-frequency weight is updated.", advanced=True))
-    alpha_low_frequency: Annotated[float, Field(ge=0.0, le=10.0)] = Field(1.1, **info(
-        "Low-frequency weight", "How much reused low frequencies count.", advanced=True))
-    alpha_high_frequency: Annotated[float, Field(ge=0.0, le=10.0)] = Field(1.1, **info(
-        "High-frequency weight", "How much reused high frequencies count.", advanced=True))
-    unconditional_batch_skip_range: Annotated[int, Field(ge=1, le=50)] = Field(5, **info(
-        "Unconditional skip range", "Approximate the unconditional branch every N steps (pipelines that batch "
-        "classifier-free guidance only)."))
-    unconditional_batch_timestep_skip_range: TimestepRange = Field((-1, 641), **info(
-        "Unconditional skip timesteps", "Timesteps where the approximation applies.", advanced=True))
-    attention_weight: Annotated[float, Field(ge=0.0, le=1.0)] = Field(0.5, **info(
-        "Attention weight", "Blend of reused and fresh attention.", advanced=True))
-    tensor_format: Literal["BCFHW", "BFCHW", "BCHW"] = Field("BCHW", **info(
-        "Tensor format", "Layout of the model's hidden states: BCHW for images, BFCHW (CogVideoX) or BCFHW for "
-        "video.", advanced=True))
-    is_guidance_distilled: bool | None = Field(None, **info(
-        "Guidance-distilled model", "Unset decides from the pipeline: the unconditional-branch approximation applies "
-        "only where guidance branches are batched in one call."))
-
-    @model_validator(mode="after")
-    def _ranges(self) -> FasterCache:
-        for name in (
-            "spatial_attention_timestep_skip_range",
-            "temporal_attention_timestep_skip_range",
-            "low_frequency_weight_update_timestep_range",
-            "high_frequency_weight_update_timestep_range",
-            "unconditional_batch_timestep_skip_range",
-        ):
-            _check_range(getattr(self, name), name)
-        for name in ("spatial_attention_timestep_skip_range", "temporal_attention_timestep_skip_range"):
-            value = getattr(self, name)
-            # diffusers' FasterCache skips attention on its first call when the first timestep (999, or 1000 for
-            # flow matching) is in range, before anything is cached: TypeError 'NoneType' is not subscriptable.
-            if value is not None and value[1] > 999:
-                raise ValueError(f"{name} must end at 999 or below, got {list(value)}: the first step (timestep "
-                                 "999-1000) must be computed in full, FasterCache has nothing to reuse yet")
-        return self
-
-
-class MagCache(Settings):
-    """diffusers `MagCacheConfig`. `mag_ratios`: "calibrate" measures the model's ratios in an untimed run first;
-    "flux" uses the FLUX.1 ratios shipped with diffusers; a list gives them explicitly."""
-
-    model_config = variant("MagCache", "Skip steps while the ratio of residual magnitudes between steps stays near "
-                           "1, up to an error budget.")
-    method: Literal["mag_cache"]
-    threshold: Annotated[float, Field(gt=0.0, le=2.0)] = Field(0.06, **info(
-        "Threshold", "Accumulated error allowed before recomputing. Higher: faster, lower fidelity.",
-        faster_when_higher=True))
-    max_skip_steps: Annotated[int, Field(ge=1, le=50)] = Field(3, **info(
-        "Max skipped steps in a row", "Caps drift between fully computed steps."))
-    retention_ratio: Annotated[float, Field(ge=0.0, le=1.0)] = Field(0.2, **info(
-        "Retention ratio", "Share of the first steps always computed in full."))
-    mag_ratios: Literal["calibrate", "flux"] | Annotated[list[float], Field(min_length=2, max_length=1000)] = Field(
-        "calibrate", **info(
-            "Magnitude ratios", "calibrate: measure this model's ratios in an untimed run first; flux: FLUX.1's "
-            "published ratios; or a list, one number per step."))
-
-
-class TaylorSeer(Settings):
-    """diffusers `TaylorSeerCacheConfig`: predict skipped block outputs with a Taylor expansion."""
-
-    model_config = variant("TaylorSeer", "Compute fully every N steps and predict the block outputs in between "
-                           "with a Taylor expansion.")
-    method: Literal["taylorseer"]
-    cache_interval: Annotated[int, Field(ge=1, le=50)] = Field(5, **info(
-        "Cache interval", "Compute fully every N steps, predict in between. Higher: faster, lower fidelity.",
-        faster_when_higher=True))
-    disable_cache_before_step: Annotated[int, Field(ge=0, le=500)] = Field(3, **info(
-        "Full steps first", "Steps computed fully before caching starts."))
-    disable_cache_after_step: Annotated[int, Field(ge=0, le=500)] | None = Field(None, **info(
-        "Full steps from", "Compute fully from this step on (empty: never)."))
-    max_order: Annotated[int, Field(ge=0, le=4)] = Field(1, **info(
-        "Taylor order", "Higher orders predict better and keep more tensors."))
-    taylor_factors_dtype: Dtype = Field("bfloat16", **info(
-        "Factor precision", "dtype of the stored Taylor factors.", advanced=True))
-    use_lite_mode: bool = Field(False, **info(
-        "Lite mode", "Cache fewer layers: less memory, less speed-up.", advanced=True))
-
-
-CacheConfig = Annotated[
-    Union[NoCache, FirstBlockCache, PyramidAttentionBroadcast, FasterCache, MagCache, TaylorSeer],
-    Field(discriminator="method"),
-]
+# The cache methods' settings are in optim/cache_settings.py (re-exported here: C.FirstBlockCache ...).
 
 # ----------------------------------------------------------------------------------------------- quantization
 

@@ -38,6 +38,7 @@ from optim.metrics import diff_heatmap, image_quality
 from optim.models import ModelRef, ResolvedRun, resolve_model, resolve_run
 from optim.presets import Preset, make_preset, preset_to_dict
 from optim.report_model import REPORT_SCHEMA_VERSION, Interval, Report, TimingReport
+from optim.techniques.cache_dit import cache_dit_report
 from optim.timing import SEQUENTIAL_AUTO_RUNS, Plan, Turns, run_time, summarize, take_turns
 from optim.workcount import work_fractions
 
@@ -123,6 +124,8 @@ class Comparison:
         for key in ("mag_ratios",):
             if key in self.optimized.details:
                 optimized[key] = self.optimized.details[key]
+        if self.optimized.details.get("cache_dit"):
+            optimized["cache_dit"] = cache_dit_report(self.optimized.details["cache_dit"], self.work_per_step)
         baseline_steps = [1.0] * len(self.baseline.step_work)
         speedup = self.timing.speedup
         return {

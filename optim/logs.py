@@ -20,6 +20,7 @@ from typing import Any
 
 _NOISY_LOGGERS = (
     "diffusers",
+    "CACHE_DIT",
     "transformers",
     "torchao",
     "bitsandbytes",
@@ -66,6 +67,7 @@ def quiet_libraries() -> None:
     os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("CACHE_DIT_LOG_LEVEL", "error")  # cache-dit logs each hook and a table per run
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     warnings.filterwarnings("ignore", category=UserWarning, module=r"(diffusers|transformers|torch|torchao|accelerate)")

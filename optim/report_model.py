@@ -57,6 +57,15 @@ class Quantized(_Data):
     after_mb: float | None
 
 
+class CacheDitStats(_Data):
+    cached_steps: list[int] = Field(description="steps (0-based) served from cache-dit's cache")
+    cfg_cached_steps: list[int] = Field(description="the same for the second guidance branch (separate CFG)")
+    executed_steps: int | None
+    transformer_executed_steps: int | None
+    lab_reduced_steps: list[int] = Field(description="steps where the lab counted less transformer work")
+    agrees: bool = Field(description="the two lists of steps are the same")
+
+
 class SideReport(_Data):
     latency_s: LatencyStats = Field(description="wall time of the timed runs")
     time_s: LatencyStats = Field(description="the time the ratio is taken from (timing.estimator)")
@@ -82,6 +91,8 @@ class SideReport(_Data):
     reused: bool | None = None
     quantization: dict[str, Quantized] | None = None
     mag_ratios: list[float] | None = None
+    cache_dit: CacheDitStats | None = Field(
+        None, description="cache-dit's own statistics of the first item's run, checked against the lab's count")
 
 
 class Interval(_Data):

@@ -145,6 +145,11 @@ def _other(key: str, current):
             "quantization.bitsandbytes_4bit.compute_dtype": "float16",
             "quantization.torchao.quant_type": "int8_dynamic",
             "quantization.quanto.weights": "int4",
+            "cache.cache_dit_dbcache.calibrator": "taylorseer",
+            "cache.cache_dit_steps_mask.calibrator": "none",
+            "cache.cache_dit_steps_mask.policy": "custom",
+            "cache.cache_dit_steps_mask.compute_bins": "4, 2, 2",
+            "cache.cache_dit_steps_mask.cache_bins": "2, 3",
         }
         return choices[key]
     if isinstance(current, float):

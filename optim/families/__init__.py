@@ -26,6 +26,7 @@ Random weights prove the lab's mechanics (load, apply, measure, compare, report)
 """
 
 from optim.families.base import (
+    CACHE_DIT_METHODS,
     GUIDANCE_STYLES,
     TECHNIQUE_LABELS,
     TECHNIQUES,
@@ -77,8 +78,8 @@ from optim.families.tiny import (
 from optim.families.tokenizers import VOCABULARY, build_clip_tokenizer, build_qwen2_tokenizer, build_t5_tokenizer
 
 __all__ = [
-    "CACHE_SUPPORT", "CLIP_G", "CLIP_L", "FAMILIES", "FAMILY_MODULES", "FLUX_TRANSFORMER", "FLUX_VAE",
-    "FULL_SIZE_MODELS", "GUIDANCE_STYLES", "PAB_MATCHES_PER_BLOCK", "QWEN25_VL_7B", "T5_XXL", "TECHNIQUES",
+    "CACHE_DIT_METHODS", "CACHE_SUPPORT", "CLIP_G", "CLIP_L", "FAMILIES", "FAMILY_MODULES", "FLUX_TRANSFORMER",
+    "FLUX_VAE", "FULL_SIZE_MODELS", "GUIDANCE_STYLES", "PAB_MATCHES_PER_BLOCK", "QWEN25_VL_7B", "T5_XXL", "TECHNIQUES",
     "TECHNIQUE_LABELS", "TINY_CONFIGS", "UMT5_XXL", "VOCABULARY", "WAN_VAE", "CacheMethod", "CacheProbe",
     "CacheSupport", "Family", "FullSizeModel", "Guidance", "RunSettings", "VaeOptions", "build_clip_tokenizer",
     "build_full_size_on_meta", "build_qwen2_tokenizer", "build_t5_tokenizer", "build_tiny_pipeline",

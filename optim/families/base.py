@@ -29,6 +29,11 @@ class CacheMethod(str, Enum):
     TAYLORSEER = "taylorseer"
 
 
+# The second cache provider's methods (optim.techniques.cache_dit): they work on a family where cache-dit has a
+# block adapter for its pipeline (`Family.cache_dit_adapter`).
+CACHE_DIT_METHODS = ("cache_dit_dbcache", "cache_dit_steps_mask")
+
+
 @dataclass(frozen=True)
 class RunSettings:
     """Run settings a model is meant to be used with; `guidance_scale` is what the lab passes as the family's
@@ -109,6 +114,9 @@ class Family:
     # The tiny build: its component configs (they enter its fingerprint) and the function that builds it.
     tiny_config: dict[str, dict[str, Any]] = field(default_factory=dict, compare=False, repr=False)
     build: Callable[[int], Any] | None = field(default=None, compare=False, repr=False)
+    # The prefix of the pipeline's block adapter in cache-dit's registry (`cache_dit.supported_pipelines()`,
+    # cache-dit 1.5.3; checked by tests/test_cache_dit.py), or None where cache-dit has no adapter for it.
+    cache_dit_adapter: str | None = None
     # Video: how many frames the pipeline really makes for `num_frames` (None: as many as asked).
     frames_for: Callable[[int], int] | None = field(default=None, compare=False, repr=False)
 
@@ -149,6 +157,7 @@ GUIDANCE_STYLES: dict[Guidance, str] = {
 TECHNIQUES: tuple[str, ...] = (
     "attention.backend",
     *(f"cache.{m.value}" for m in CacheMethod),
+    *(f"cache.{method}" for method in CACHE_DIT_METHODS),
     "quantization.torchao",
     "offload.group",
     "vae.slicing",
@@ -163,6 +172,8 @@ TECHNIQUE_LABELS: dict[str, str] = {
     "cache.faster_cache": "FasterCache",
     "cache.mag_cache": "MagCache",
     "cache.taylorseer": "TaylorSeer",
+    "cache.cache_dit_dbcache": "cache-dit DBCache",
+    "cache.cache_dit_steps_mask": "cache-dit steps mask",
     "quantization.torchao": "torchao int8 (transformer)",
     "offload.group": "group offload",
     "vae.slicing": "VAE slicing",

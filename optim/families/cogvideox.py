@@ -107,6 +107,7 @@ def build_tiny(seed: int) -> Any:
 FAMILY = Family(
     key="cogvideox",
     pipeline_class="CogVideoXPipeline",
+    cache_dit_adapter="CogVideoX",
     transformer_class="CogVideoXTransformer3DModel",
     video=True,
     output="frames",

@@ -134,6 +134,7 @@ def build_tiny(seed: int) -> Any:
 FAMILY = Family(
     key="flux",
     pipeline_class="FluxPipeline",
+    cache_dit_adapter="Flux",
     transformer_class="FluxTransformer2DModel",
     video=False,
     output="images",

@@ -133,6 +133,7 @@ def check_qwen_template(pipe: Any) -> None:
 FAMILY = Family(
     key="qwen-image",
     pipeline_class="QwenImagePipeline",
+    cache_dit_adapter="QwenImage",
     transformer_class="QwenImageTransformer2DModel",
     video=False,
     output="images",

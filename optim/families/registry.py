@@ -8,7 +8,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from optim.families.base import GUIDANCE_STYLES, CacheSupport, Family, FullSizeModel, Guidance
+from optim.families.base import CACHE_DIT_METHODS, GUIDANCE_STYLES, CacheSupport, Family, FullSizeModel, Guidance
 
 # One module per family (optim/families/<name>.py), each defining FAMILY (its `Family`) and FULL_SIZE (its
 # published full-size models), in the order the lab lists them.
@@ -80,6 +80,12 @@ def technique_support(key: str) -> dict[str, CacheSupport]:
                                                 "set_attention_backend is accepted and silently changes nothing")
     for method, support in fam.cache_support.items():
         out[f"cache.{method}"] = support
+    for method in CACHE_DIT_METHODS:
+        if fam.cache_dit_adapter:
+            out[f"cache.{method}"] = CacheSupport(True, f"cache-dit's {fam.cache_dit_adapter} block adapter patches "
+                                                        f"{fam.transformer_class}'s blocks (cache_dit.enable_cache)")
+        else:
+            out[f"cache.{method}"] = CacheSupport(False, f"cache-dit has no block adapter for {fam.pipeline_class}")
     out["quantization.torchao"] = CacheSupport(True, "quantizes the transformer's nn.Linear weights at load "
                                                "(PipelineQuantizationConfig quant_mapping)")
     out["offload.group"] = CacheSupport(True, "enable_group_offload groups the transformer's ModuleList blocks "

@@ -111,6 +111,7 @@ def build_tiny(seed: int) -> Any:
 FAMILY = Family(
     key="sd3",
     pipeline_class="StableDiffusion3Pipeline",
+    cache_dit_adapter="StableDiffusion3",
     transformer_class="SD3Transformer2DModel",
     video=False,
     output="images",

@@ -104,6 +104,7 @@ def build_tiny(seed: int) -> Any:
 FAMILY = Family(
     key="wan",
     pipeline_class="WanPipeline",
+    cache_dit_adapter="Wan",
     transformer_class="WanTransformer3DModel",
     video=True,
     output="frames",
