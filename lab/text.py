@@ -247,7 +247,8 @@ def headline_html(report: Report) -> str:
     psnr = q.psnr_db
     quality_value = "identical" if psnr is None else f"{psnr:.1f} dB"
     quality_tone = "good" if psnr is None or psnr >= 40 else "bad" if psnr < 25 else ""
-    quality_sub = f"SSIM {q.ssim:.4f} · max diff {q.max_abs_diff}/255"
+    quality_sub = f"SSIM {q.ssim:.4f}" + (f" · MS-SSIM {q.ms_ssim:.4f}" if q.ms_ssim is not None else "")
+    quality_sub += (f" · LPIPS {q.lpips:.3f}" if q.lpips is not None else "") + f" · max diff {q.max_abs_diff}/255"
     if q.video is not None:
         worst = "identical" if q.video.psnr_db_worst is None else f"{q.video.psnr_db_worst:.1f} dB"
         quality_sub = (f"all {q.video.frames} frames · worst frame {worst} (#{q.video.worst_frame}) · SSIM mean "

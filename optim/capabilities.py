@@ -408,16 +408,21 @@ def family_support() -> dict[str, tuple[Option, ...]]:
 
 
 def quality_metrics() -> tuple[Option, ...]:
-    """The quality metrics of comparisons and sweeps. Learned ones need weights the lab does not ship and never
-    downloads while it runs, so they are listed with that reason."""
-    never = ("needs pretrained weights ({what}) that the lab does not ship; it never downloads at run time, "
-             "and this version does not compute it")
+    """The quality metrics of comparisons, sweeps and tuner floors. Learned ones need weights the lab does not ship
+    and never downloads while it runs: LPIPS is computed where its weights are on the machine
+    (`optim.perceptual.lpips_status` says where they are, or would have to be)."""
+    from optim.perceptual import lpips_status
+
+    lpips_here, where = lpips_status()
     return (
         Option("psnr", True, note="scikit-image: mean and worst over the prompts (frames for video)"),
         Option("ssim", True, note="scikit-image: mean and worst over the prompts (frames for video)"),
+        Option("ms_ssim", True, note="multi-scale SSIM (no weights needed): up to 5 scales, as many as the image "
+                                     "size allows"),
+        Option("lpips", lpips_here, None if lpips_here else where, note=where if lpips_here else None),
         Option("adherence", True, note="the embedded models only: their own judge of colours and shape"),
-        Option("lpips", False, reason=never.format(what="LPIPS' AlexNet/VGG")),
-        Option("clip_score", False, reason=never.format(what="a CLIP model")),
+        Option("clip_score", False, reason="needs a CLIP model's weights, which the lab does not ship; it never "
+                                           "downloads at run time, and this version does not compute it"),
     )
 
 

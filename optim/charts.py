@@ -225,11 +225,16 @@ def pareto_chart(rows: list[dict[str, Any]], front: list[dict[str, Any]], qualit
         ordered = sorted(front, key=lambda r: r[quality])
         axes.plot([r[quality] for r in ordered], [r["speedup"] for r in ordered], color=OPTIMIZED_COLOUR,
                   linewidth=1.2, label="Pareto front")
-    best = max([row[quality] for row in ok] + [1.0 if quality.startswith("ssim") else 0.0])
+    # The baseline's own quality: 1 for the SSIMs, 0 for LPIPS, the best point's for PSNR (identical is infinite).
+    if quality.startswith("lpips"):
+        best = 0.0
+    else:
+        best = max([row[quality] for row in ok] + [1.0 if "ssim" in quality else 0.0])
     axes.scatter([best], [1.0], marker="*", s=90, color=BASELINE_COLOUR, label="baseline", zorder=4)
     _label_points(axes, [(row["label"][:40], row[quality], row["speedup"], row["id"] in front_ids) for row in ok])
     axes.axhline(1.0, color=BASELINE_COLOUR, linewidth=0.8, linestyle="--")
-    axes.set_xlabel(quality.replace("_", " ") + ("  (higher: closer to the baseline)"))
+    closer = "lower" if quality.startswith("lpips") else "higher"
+    axes.set_xlabel(quality.replace("_", " ") + f"  ({closer}: closer to the baseline)")
     axes.set_ylabel("speedup over the baseline (95% CI)")
     axes.set_title(title or "Speed against quality", fontsize=10)
     axes.legend(loc="best", fontsize=8)

@@ -1,4 +1,5 @@
-"""Image quality of the optimized side against the baseline: pixel differences, PSNR, SSIM, a diff heatmap.
+"""Image quality of the optimized side against the baseline: pixel differences, PSNR, SSIM, MS-SSIM, LPIPS (where
+its weights are on the machine: `optim.perceptual`), a diff heatmap.
 
 PSNR and SSIM come from scikit-image (`skimage.metrics`), on 8-bit RGB images (data_range 255). PSNR is
 undefined (infinite) for identical images; we report None then, so JSON stays valid.
@@ -23,6 +24,8 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+
+from optim.perceptual import lpips, ms_ssim
 
 HEATMAP_COLORMAP = "inferno"
 
@@ -57,6 +60,8 @@ def image_quality(baseline: np.ndarray, optimized: np.ndarray) -> dict[str, Any]
         "mean_abs_diff": float(diff.mean()),
         "psnr_db": psnr,
         "ssim": ssim,
+        "ms_ssim": ms_ssim(baseline, optimized),
+        "lpips": lpips(baseline, optimized),
         "changed_pixels": float(np.mean(diff.max(axis=2) > 0)),
     }
 
@@ -102,6 +107,8 @@ def video_quality(baseline: np.ndarray, optimized: np.ndarray) -> dict[str, Any]
         "mean_abs_diff": float(np.mean([f["mean_abs_diff"] for f in frames])),
         "psnr_db": psnr,
         "ssim": float(np.mean(ssims)),
+        "ms_ssim": float(np.mean([f["ms_ssim"] for f in frames])),
+        "lpips": (None if any(f["lpips"] is None for f in frames) else float(np.mean([f["lpips"] for f in frames]))),
         "changed_pixels": changed,
         "video": {
             "frames": len(frames),

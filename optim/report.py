@@ -135,8 +135,13 @@ def summary_rows(report: Report) -> list[tuple[str, str, str]]:
         ("transformer work computed", f"{b.work_fraction:.0%}", f"{o.work_fraction:.0%}"),
         ("PSNR vs baseline", "-", psnr),
         ("SSIM vs baseline", "-", f"{quality.ssim:.4f}"),
+        ("MS-SSIM vs baseline", "-", "-" if quality.ms_ssim is None else f"{quality.ms_ssim:.4f}"),
+        ("LPIPS vs baseline (lower: closer)", "-", "weights not here" if quality.lpips is None
+         else f"{quality.lpips:.4f}"),
         ("max / mean abs diff (0-255)", "-", f"{quality.max_abs_diff} / {quality.mean_abs_diff:.3f}"),
     ]
+    if o.cache_dit is not None:
+        rows.append(("cache-dit cached steps (its own count)", "-", cache_dit_text(o.cache_dit, len(o.work_per_step))))
     for component, size in (o.quantization or {}).items():
         rows.append((f"{component} size", fmt_mb(size.before_mb), fmt_mb(size.after_mb)))
     video = quality.video
@@ -271,3 +276,12 @@ def video_markdown(report: Report) -> list[str]:
         lines.append(f"| {index} | {fmt_db(video.psnr_db_per_frame[index])} | {video.ssim_per_frame[index]:.4f} | "
                      f"{video.mean_abs_diff_per_frame[index]:.3f} | {video.max_abs_diff_per_frame[index]} | {step} |")
     return lines
+
+
+def cache_dit_text(stats: Any, steps: int) -> str:
+    """cache-dit's count of cached steps, and whether the lab's own count of the work computed agrees."""
+    text = f"{len(stats.cached_steps)} of {steps}"
+    if stats.cfg_cached_steps:
+        text += f" (second guidance branch: {len(stats.cfg_cached_steps)})"
+    agree = "agrees with" if stats.agrees else "DIFFERS from"
+    return f"{text}; {agree} the lab's count ({len(stats.lab_reduced_steps)} steps with less work)"

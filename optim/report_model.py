@@ -188,6 +188,9 @@ class Quality(_Data):
     mean_abs_diff: float
     psnr_db: float | None = Field(description="None when the images are identical (videos: pooled over all frames)")
     ssim: float = Field(description="videos: the mean of the frames' SSIM")
+    ms_ssim: float | None = Field(None, description="multi-scale SSIM (optim.perceptual; videos: the frames' mean)")
+    lpips: float | None = Field(None, description="LPIPS alex v0.1, lower is closer; None where its weights are "
+                                "not on the machine (optim.perceptual.lpips_status)")
     changed_pixels: float
     heatmap_scale: int
     video: VideoQuality | None = None

@@ -52,9 +52,13 @@ SWEEPS_DIR = DATA_DIR / "sweeps"
 # point's time budget is spent.
 POINT_TARGET = 0.05
 POINT_BUDGET_S = 20.0
-QUALITY_METRICS = ("psnr_mean", "psnr_worst", "ssim_mean", "ssim_worst", "adherence")
+QUALITY_METRICS = ("psnr_mean", "psnr_worst", "ssim_mean", "ssim_worst", "ms_ssim_mean", "ms_ssim_worst",
+                   "lpips_mean", "lpips_worst", "adherence")
+# LPIPS is a distance: lower is closer, its worst case the largest, and its floors are ceilings (lpips<=0.1).
+LOWER_IS_BETTER = frozenset({"lpips_mean", "lpips_worst"})
 # A floor's short name means the worst case over the prompt set (what a tuned preset must guarantee).
-FLOOR_NAMES = {"psnr": "psnr_worst", "ssim": "ssim_worst", "adherence": "adherence"}
+FLOOR_NAMES = {"psnr": "psnr_worst", "ssim": "ssim_worst", "ms_ssim": "ms_ssim_worst", "lpips": "lpips_worst",
+               "adherence": "adherence"}
 IDENTICAL_PSNR = 99.0  # stands for "identical" (infinite PSNR) in means, floors and charts
 
 
@@ -217,27 +221,45 @@ def expand(space: Space) -> list[Point]:
 
 @dataclass(frozen=True)
 class Floor:
-    """A quality floor over the prompt set's worst case: 'ssim>=0.98' -> ssim_worst >= 0.98."""
+    """A quality floor over the prompt set's worst case: 'ssim>=0.98' -> ssim_worst >= 0.98; LPIPS, a distance,
+    takes a ceiling: 'lpips<=0.1' -> lpips_worst <= 0.1."""
 
     metric: str
     value: float
 
-    def met(self, row: dict[str, Any]) -> bool:
+    @property
+    def op(self) -> str:
+        return "<=" if self.metric in LOWER_IS_BETTER else ">="
+
+    def violation(self, row: dict[str, Any]) -> float:
+        """How far the row is on the wrong side of the floor (<= 0: met); a missing figure fails it."""
         value = row.get(self.metric)
-        return value is not None and value >= self.value
+        if value is None:
+            return 1e9
+        return value - self.value if self.op == "<=" else self.value - value
+
+    def met(self, row: dict[str, Any]) -> bool:
+        return self.violation(row) <= 0
 
     def __str__(self) -> str:
-        return f"{self.metric}>={self.value:g}"
+        return f"{self.metric}{self.op}{self.value:g}"
 
 
 def parse_floor(text: str) -> Floor:
-    name, sep, value = text.replace(" ", "").partition(">=")
+    compact = text.replace(" ", "")
+    op = "<=" if "<=" in compact else ">="
+    name, sep, value = compact.partition(op)
     if not sep:
-        raise ConfigError(f"quality floor {text!r}: write it as METRIC>=VALUE, e.g. ssim>=0.98 or psnr>=35")
+        raise ConfigError(f"quality floor {text!r}: write it as METRIC>=VALUE, e.g. ssim>=0.98 or psnr>=35 "
+                          "(LPIPS, lower is closer: lpips<=0.1)")
     metric = FLOOR_NAMES.get(name, name)
     if metric not in QUALITY_METRICS:
         raise ConfigError(f"quality floor {text!r}: unknown metric {name!r}; use one of "
                           f"{', '.join(sorted(set(FLOOR_NAMES) | set(QUALITY_METRICS)))}")
+    wanted = "<=" if metric in LOWER_IS_BETTER else ">="
+    if op != wanted:
+        kind = "a distance (lower is closer)" if wanted == "<=" else "higher when closer"
+        raise ConfigError(f"quality floor {text!r}: {name} is {kind}; write {name}{wanted}{value}")
     try:
         number = float(value)
     except ValueError:
@@ -368,13 +390,17 @@ class Evaluator:
             quality = image_quality(self._baseline_images[index], image)
             base_work = sum(self._baseline_work[index]) or 1.0
             entry = {"prompt": item.prompt, "seed": item.seed, "psnr_db": quality["psnr_db"], "ssim": quality["ssim"],
-                     "max_abs_diff": quality["max_abs_diff"], "work_fraction": sum(probes[index].step_work) / base_work}
+                     "ms_ssim": quality["ms_ssim"], "lpips": quality["lpips"], "max_abs_diff": quality["max_abs_diff"],
+                     "work_fraction": sum(probes[index].step_work) / base_work}
             if self._adherent:
                 entry["adherent"] = self._adherent(item.prompt, image)
                 entry["baseline_adherent"] = self._baseline_adherence[index]
             per_item.append(entry)
         psnr = [IDENTICAL_PSNR if e["psnr_db"] is None else min(e["psnr_db"], IDENTICAL_PSNR) for e in per_item]
         ssim = [e["ssim"] for e in per_item]
+        ms = [e["ms_ssim"] for e in per_item]
+        distances = [e["lpips"] for e in per_item]
+        has_lpips = all(d is not None for d in distances)
         compiled = "compiled_graphs" in setup.details
         return {
             "status": "ok",
@@ -392,6 +418,10 @@ class Evaluator:
             "psnr_worst": min(psnr),
             "ssim_mean": statistics.fmean(ssim),
             "ssim_worst": min(ssim),
+            "ms_ssim_mean": statistics.fmean(ms),
+            "ms_ssim_worst": min(ms),
+            "lpips_mean": statistics.fmean(distances) if has_lpips else None,
+            "lpips_worst": max(distances) if has_lpips else None,
             "adherence": (statistics.fmean(e["adherent"] for e in per_item) if self._adherent else None),
             "compile_s": (max(0.0, setup.warmup_s[1] - statistics.median(optimized_walls)) if compiled else None),
             "worker_reused": reused,
@@ -420,18 +450,21 @@ class SweepResult:
 
 
 ROW_FIELDS = ["id", "label", "status", "speedup", "speedup_low", "speedup_high", "verdict", "pairs", "work_fraction",
-              "peak_memory_mb", "psnr_mean", "psnr_worst", "ssim_mean", "ssim_worst", "adherence", "compile_s",
+              "peak_memory_mb", "psnr_mean", "psnr_worst", "ssim_mean", "ssim_worst", "ms_ssim_mean", "ms_ssim_worst",
+              "lpips_mean", "lpips_worst", "adherence", "compile_s",
               "elapsed_s", "reason"]
 
 
 def pareto_front(rows: list[dict[str, Any]], quality: str = "ssim_worst") -> list[dict[str, Any]]:
-    """The rows no other row beats on both speedup and `quality` (higher is better for both), fastest first."""
+    """The rows no other row beats on both speedup and `quality` (higher is better for both, lower for LPIPS),
+    fastest first."""
     ok = [row for row in rows if row.get("status") == "ok" and row.get(quality) is not None]
+    sign = -1.0 if quality in LOWER_IS_BETTER else 1.0
     front = []
     for row in ok:
         dominated = any(
-            other is not row and other["speedup"] >= row["speedup"] and other[quality] >= row[quality]
-            and (other["speedup"] > row["speedup"] or other[quality] > row[quality])
+            other is not row and other["speedup"] >= row["speedup"] and sign * other[quality] >= sign * row[quality]
+            and (other["speedup"] > row["speedup"] or sign * other[quality] > sign * row[quality])
             for other in ok
         )
         if not dominated:

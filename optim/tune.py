@@ -190,8 +190,7 @@ class _Tuner:
             self.rows.append({"id": f"invalid-{trial.number}", "label": str(error)[:80], "status": "refused",
                               "reason": str(error), "settings": {}})
             return
-        values = [floor.value - (row.get(floor.metric) if row.get(floor.metric) is not None else -1e9)
-                  for floor in self.floors] if row.get("status") == "ok" else [1.0]
+        values = [floor.violation(row) for floor in self.floors] if row.get("status") == "ok" else [1.0]
         trial.set_user_attr("constraints", values)
         study.tell(trial, row.get("speedup", 0.0) if row.get("status") == "ok" else 0.0)
 

@@ -35,9 +35,14 @@ def test_json_shape_and_every_backend_name():
     assert set(registered_backends()) <= names
     assert all(o["family"] for o in caps["options"]["attention.backend"])
     metrics = {o["value"]: o["available"] for o in caps["options"]["quality.metric"]}
+    from optim.perceptual import lpips_status
     from optim.sweep import QUALITY_METRICS  # every metric a sweep ranks by is listed as available
-    assert all(metrics[name.split("_")[0]] for name in QUALITY_METRICS)
-    assert metrics["lpips"] is False and metrics["clip_score"] is False  # never downloaded at run time
+
+    ranked = {name.removesuffix("_mean").removesuffix("_worst") for name in QUALITY_METRICS}
+    assert ranked <= set(metrics)
+    assert all(metrics[name] for name in ranked - {"lpips"})
+    # LPIPS where its weights are on the machine (never downloaded at run time), never CLIP score.
+    assert metrics["lpips"] is lpips_status()[0] and metrics["clip_score"] is False
 
 
 @pytest.mark.skipif(not CPU_ONLY, reason="checks the CPU-only answers")

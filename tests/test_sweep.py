@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from optim.config import parse_run
+from optim.errors import ConfigError
 from optim.presets import preset_from_json
 from optim.prompts import parse_prompt_set
 from optim.sweep import load_space, parse_floor, run_sweep
@@ -125,9 +126,24 @@ def test_bad_spaces_exit_2_with_one_line(tmp_path, space, extra, message):
 
 
 def test_a_floor_on_an_unknown_metric_exits_2_with_one_line(tmp_path):
-    done = _cli("tune", "--floor", "lpips>=0.9", "--out", str(tmp_path), timeout=120)
-    assert done.returncode == 2 and "unknown metric 'lpips'" in done.stderr
+    done = _cli("tune", "--floor", "clip>=0.9", "--out", str(tmp_path), timeout=120)
+    assert done.returncode == 2 and "unknown metric 'clip'" in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_floors_on_every_metric_and_lpips_takes_a_ceiling():
+    from optim.sweep import parse_floor
+
+    assert str(parse_floor("ms_ssim >= 0.97")) == "ms_ssim_worst>=0.97"
+    assert str(parse_floor("psnr_mean>=40")) == "psnr_mean>=40"
+    ceiling = parse_floor("lpips<=0.1")
+    assert str(ceiling) == "lpips_worst<=0.1"
+    assert ceiling.met({"lpips_worst": 0.05}) and not ceiling.met({"lpips_worst": 0.2})
+    assert not ceiling.met({"lpips_worst": None}), "a figure that could not be computed never meets a floor"
+    with pytest.raises(ConfigError, match="lpips is a distance .lower is closer.; write lpips<=0.1"):
+        parse_floor("lpips>=0.1")
+    with pytest.raises(ConfigError, match="write ssim>=0.9"):
+        parse_floor("ssim<=0.9")
 
 
 def test_labels_name_every_varied_setting_even_at_its_default():
