@@ -260,8 +260,29 @@ def cmd_tune(args: argparse.Namespace) -> int:
     print(f"fastest meeting {', '.join(str(f) for f in floors)}: {best['label']}: {best['speedup']:.2f}x "
           f"({best['speedup_low']:.2f}-{best['speedup_high']:.2f}, {best['verdict']}), "
           + ", ".join(f"{f.metric} {best[f.metric]:.4f}" for f in floors))
-    print(f"wrote {args.out}/tuned.json (the preset) and the evidence: sweep.json, sweep.csv, pareto.png")
+    if result.stack:
+        _print_stack(result.stack)
+    print(f"wrote {args.out}/tuned.json (the preset) and the evidence: sweep.json, sweep.csv, pareto.png, tune.json")
     return 0
+
+
+def _print_stack(stack: dict[str, Any]) -> None:
+    """The stack tuner's evidence: each part's contribution (the winner without it), interference, compile cost."""
+    for entry in stack.get("contributions", []):
+        if entry.get("share") is None:
+            print(f"  {entry['part']}: {entry['option']}: {entry.get('note', 'not measured')}")
+            continue
+        print(f"  {entry['part']}: {entry['option']}: x{entry['share']:.2f} (without it {entry['without_speedup']:.2f}x"
+              f": {entry['without']})")
+    if stack.get("alone_product"):
+        winner = stack["winner"]["speedup"]
+        print(f"  the parts alone multiply to {stack['alone_product']:.2f}x; together {winner:.2f}x "
+              f"({'they interfere' if winner < 0.95 * stack['alone_product'] else 'no interference seen'})")
+    cost = stack.get("compile")
+    if cost:
+        repay = (f"repaid after {cost['generations_to_repay']} generations" if cost["generations_to_repay"]
+                 else "never repaid (no time saved per generation)")
+        print(f"  compile: {cost['compile_s']:.1f} s once, not in the speedup; {repay}")
 
 
 def _device_title(group: dict[str, Any]) -> str:

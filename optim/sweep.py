@@ -44,7 +44,7 @@ from optim.measure import Item, Setup, SideJob, swappable
 from optim.metrics import image_quality
 from optim.presets import load_json, make_preset, preset_to_json
 from optim.prompts import PromptSet
-from optim.timing import Plan, Turns, paired_speedup, take_turns
+from optim.timing import Plan, Turns, paired_speedup, run_time, take_turns
 
 MAX_SPACE_BYTES = 64 * 1024
 SWEEPS_DIR = DATA_DIR / "sweeps"
@@ -79,6 +79,7 @@ class Space:
     points: list[dict[str, Any]] = field(default_factory=list)
     run: dict[str, Any] = field(default_factory=dict)
     ranges: dict[str, dict[str, Any]] = field(default_factory=dict)  # the tuner's continuous ranges
+    stack: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # the stack tuner's parts (tune_stack)
 
 
 # ------------------------------------------------------------------------------------------------ space
@@ -106,12 +107,15 @@ def load_space(text: str | bytes, *, where: str = "space") -> Space:
     data = load_json(text, where=where, max_bytes=MAX_SPACE_BYTES)
     if not isinstance(data, dict):
         raise ConfigError(f"{where}: expected a JSON object with 'grid' and/or 'points'")
-    unknown = set(data) - {"name", "base", "grid", "points", "run", "ranges", "description"}
+    unknown = set(data) - {"name", "base", "grid", "points", "run", "ranges", "stack", "description"}
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}; allowed: name, base, grid, points, "
-                          "ranges, run, description")
+                          "ranges, stack, run, description")
     space = Space(name=str(data.get("name") or "sweep"), base=data.get("base") or {}, grid=data.get("grid") or {},
-                  points=data.get("points") or [], run=data.get("run") or {}, ranges=data.get("ranges") or {})
+                  points=data.get("points") or [], run=data.get("run") or {}, ranges=data.get("ranges") or {},
+                  stack=data.get("stack") or {})
+    if space.stack:
+        check_stack(space.stack, where=f"{where}.stack")
     for key, value in (("base", space.base), ("grid", space.grid), ("run", space.run), ("ranges", space.ranges)):
         if not isinstance(value, dict):
             raise ConfigError(f"{where}.{key}: expected a JSON object")
@@ -125,11 +129,34 @@ def load_space(text: str | bytes, *, where: str = "space") -> Space:
         _check_path(path, where=f"{where}.ranges")
         if not (isinstance(bounds, dict) and {"low", "high"} <= set(bounds) and bounds["low"] < bounds["high"]):
             raise ConfigError(f"{where}.ranges.{path}: give {{\"low\": L, \"high\": H}} with L < H")
-    if not space.grid and not space.points and not space.ranges:
-        raise ConfigError(f"{where}: nothing to vary: give 'grid' (field paths -> lists of values), 'points' or "
-                          "'ranges'")
+    if not space.grid and not space.points and not space.ranges and not space.stack:
+        raise ConfigError(f"{where}: nothing to vary: give 'grid' (field paths -> lists of values), 'points', "
+                          "'ranges' or 'stack'")
     parse_run(space.run, where=f"{where}.run")
     return space
+
+
+def check_stack(stack: Any, *, where: str) -> None:
+    """A space's `stack`, checked: parts -> non-empty option lists, each with settings that parse and ranges over
+    known fields."""
+    if not isinstance(stack, dict) or not stack:
+        raise ConfigError(f"{where}: expected an object of parts (e.g. cache, compile) -> lists of options")
+    for part, options in stack.items():
+        if not isinstance(options, list) or not options:
+            raise ConfigError(f"{where}.{part}: give a non-empty list of options")
+        for index, option in enumerate(options):
+            here = f"{where}.{part}[{index}]"
+            if not isinstance(option, dict) or set(option) - {"settings", "ranges"} or "settings" not in option:
+                raise ConfigError(f"{here}: an option is {{\"settings\": {{...}}, \"ranges\": {{...}}}} (ranges "
+                                  "optional)")
+            settings = option["settings"]
+            for path, bounds in (option.get("ranges") or {}).items():
+                if path not in SETTABLE:
+                    raise ConfigError(f"{here}.ranges: unknown field path {path!r}")
+                if not (isinstance(bounds, dict) and {"low", "high"} <= set(bounds) and bounds["low"] < bounds["high"]):
+                    raise ConfigError(f"{here}.ranges.{path}: give {{\"low\": L, \"high\": H}} with L < H")
+                settings = set_path(settings, path, bounds["low"])
+            parse_optim(settings, where=here)
 
 
 def shipped_spaces() -> list[str]:
@@ -411,6 +438,10 @@ class Evaluator:
             "pairs": interval.runs,
             "estimator": estimator,
             "sequence": turns.sequence,
+            # A generation's time on each side (median of the timed runs, under the estimator): what a compiled
+            # point's cold compile is repaid from (`optim.tune_stack.compile_cost`).
+            "baseline_s": statistics.median(run_time(t, estimator) for t in turns.baseline),
+            "time_s": statistics.median(run_time(t, estimator) for t in turns.optimized),
             "work_fraction": statistics.fmean(e["work_fraction"] for e in per_item),
             "peak_memory_mb": max(t.peak_memory_mb for t in turns.optimized),
             "baseline_peak_memory_mb": (self._baseline_setup.setup_peak_mb if self._baseline_setup else None),
@@ -491,6 +522,9 @@ def start_sweep(space: Space, out: Path, *, run_spec: RunSpec | None, resume: bo
     (the space's when none are given), the output folder, and the rows already measured when resuming (a row
     whose Ray workers were all lost measured nothing, so it is measured again); a fresh sweep starts an empty
     rows.jsonl."""
+    if space.stack:
+        raise ConfigError(f"space {space.name!r} is a stack for the tuner (its parts are searched, not listed): run "
+                          f"python -m optim tune --space {space.name} --floor ...")
     points = expand(space)
     if max_points is not None and len(points) > max_points:
         raise ConfigError(f"the space has {len(points)} points; this server allows at most {max_points}")
