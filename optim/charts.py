@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 
@@ -112,10 +113,21 @@ def work_chart(report: Report) -> Figure:
     axes.set_ylim(0, 1.15)
     _steps_axis(axes, max(len(work), 1))
     axes.set_ylabel("work computed")
-    axes.legend(handles=[Patch(color=OPTIMIZED_COLOUR, label="computed in full"),
-                         Patch(color=SKIPPED_COLOUR, label="partly skipped (cache)")],
-                loc="upper right", fontsize=8, ncols=2)
-    axes.set_title(f"Transformer work computed per step (total {report.optimized.work_fraction:.0%})")
+    handles = [Patch(color=OPTIMIZED_COLOUR, label="computed in full"),
+               Patch(color=SKIPPED_COLOUR, label="partly skipped (cache)")]
+    title = f"Transformer work computed per step (total {report.optimized.work_fraction:.0%})"
+    stats = report.optimized.cache_dit
+    if stats is not None:
+        # cache-dit's own count of the steps it served from its cache, as marks over the lab's bars.
+        said = sorted(set(stats.cached_steps) | set(stats.cfg_cached_steps))
+        axes.scatter([step + 1 for step in said], [1.06] * len(said), marker="v", s=18, color=BASELINE_COLOUR,
+                     zorder=3)
+        axes.set_ylim(0, 1.35)  # room for the marks under the legend
+        handles.append(Line2D([], [], marker="v", linestyle="", color=BASELINE_COLOUR,
+                              label="cached, by cache-dit's count"))
+        title += "; cache-dit's count " + ("agrees" if stats.agrees else "DIFFERS")
+    axes.legend(handles=handles, loc="upper right", fontsize=8, ncols=len(handles))
+    axes.set_title(title, fontsize=10 if stats is not None else None)
     return figure
 
 

@@ -49,6 +49,15 @@ def test_dbcache_skips_the_steps_cache_dit_counts_and_keeps_the_image_close():
     assert all(step >= 2 for step in stats["lab_reduced_steps"]), "the warm-up steps always compute"
     assert report["quality"]["psnr_db"] > 25
     assert optimized["applied"][0].startswith("cache: cache-dit DBCache F1B0, residual threshold 0.3")
+    # The work chart marks cache-dit's cached steps over the lab's bars, and the metrics table says they agree.
+    from optim.charts import work_chart
+    from optim.report import summary_rows
+    from optim.report_model import Report
+
+    typed = Report.model_validate(report)
+    assert work_chart(typed).axes[0].get_title().endswith("cache-dit's count agrees")
+    row = next(r for r in summary_rows(typed) if r[0].startswith("cache-dit cached steps"))
+    assert row[2].startswith(f"{len(stats['cached_steps'])} of {RUN['steps']}") and "agrees with" in row[2]
 
 
 def test_separate_guidance_branches_get_a_cache_each_and_one_call_a_step_gets_one():
