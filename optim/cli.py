@@ -217,6 +217,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     print(f"{space.name}: {len(result.rows)} points ({len(ok)} measured, {result.resumed} from an earlier run), "
           f"{len(prompts.prompts)} prompts x {len(seeds)} seed(s), {result.elapsed_s:.0f} s "
           f"({result.pipeline_s:.0f} s inside the pipeline)")
+    if result.resume_note:
+        print(f"resume: {result.resume_note}")
     width = _label_width(result.rows)
     for row in result.rows:
         mark = "*" if row["id"] in {r["id"] for r in result.front} else " "
@@ -253,6 +255,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
                   progress=progress_printer(args.quiet), point_budget_s=args.point_budget_s or 10.0)
     print(f"{result.strategy}: {result.evaluations} evaluations in {result.elapsed_s:.0f} s over "
           f"{len(prompts.prompts)} prompts x {len(seeds)} seed(s)")
+    if result.resume_note:
+        print(f"resume: {result.resume_note}")
     if result.best is None:
         print("no evaluated configuration meets " + ", ".join(str(f) for f in floors))
         return 1
@@ -306,6 +310,8 @@ def sweep_on_ray(args: argparse.Namespace, space: Any, run: Any, prompts: Any, s
           f"{len(prompts.prompts)} prompts x {len(seeds)} seed(s), {result.elapsed_s:.0f} s "
           f"({result.pipeline_s:.0f} s inside the pipeline) on Ray: {len(workers)} worker(s), "
           f"{result.ray.get('nodes', '?')} node(s)")
+    if result.resume_note:
+        print(f"resume: {result.resume_note}")
     by_id = {row["id"]: row for row in result.rows}
     width = _label_width(result.rows)
     for group in result.devices:

@@ -27,7 +27,6 @@ import hashlib
 import itertools
 import json
 import math
-import os
 import statistics
 import time
 from dataclasses import asdict, dataclass, field
@@ -44,6 +43,7 @@ from optim.measure import Item, Setup, SideJob, swappable
 from optim.metrics import image_quality
 from optim.presets import load_json, make_preset, preset_to_json
 from optim.prompts import PromptSet
+from optim.rows import Resumed, append_row, identity_key, measurement_identity, resume_rows
 from optim.timing import Plan, Turns, paired_speedup, run_time, take_turns
 
 MAX_SPACE_BYTES = 64 * 1024
@@ -53,13 +53,22 @@ SWEEPS_DIR = DATA_DIR / "sweeps"
 POINT_TARGET = 0.05
 POINT_BUDGET_S = 20.0
 QUALITY_METRICS = ("psnr_mean", "psnr_worst", "ssim_mean", "ssim_worst", "ms_ssim_mean", "ms_ssim_worst",
-                   "lpips_mean", "lpips_worst", "adherence")
+                   "lpips_mean", "lpips_worst", "adherence", "adherence_worst")
 # LPIPS is a distance: lower is closer, its worst case the largest, and its floors are ceilings (lpips<=0.1).
 LOWER_IS_BETTER = frozenset({"lpips_mean", "lpips_worst"})
 # A floor's short name means the worst case over the prompt set (what a tuned preset must guarantee).
 FLOOR_NAMES = {"psnr": "psnr_worst", "ssim": "ssim_worst", "ms_ssim": "ms_ssim_worst", "lpips": "lpips_worst",
-               "adherence": "adherence"}
+               "adherence": "adherence_worst"}
 IDENTICAL_PSNR = 99.0  # stands for "identical" (infinite PSNR) in means, floors and charts
+
+
+def floor_scope(metric: str) -> str:
+    """What a floor on `metric` holds, in words (the tuned preset and the reports say it)."""
+    if metric == "adherence":
+        return "share of the prompts still drawn"
+    if metric == "adherence_worst":
+        return "every prompt still drawn"
+    return "mean over the prompts" if metric.endswith("_mean") else "worst prompt"
 
 
 @dataclass(frozen=True)
@@ -322,6 +331,10 @@ class Evaluator:
         self.ref, self.run = prepare(run_spec, OptimConfig())
         self.model = compat.describe_model(self.ref)
         self.items = [Item(prompt, seed) for seed in seeds for prompt in prompts.prompts]
+        # What every row is measured for besides its settings (optim.rows): what --resume checks.
+        self.identity = measurement_identity(self.ref, self.run, list(prompts.prompts), list(seeds),
+                                             device_label(self.run.device))
+        self.identity_key = identity_key(self.identity)
         self.progress = progress
         self.should_stop = should_stop
         # A point never takes more timed runs than a comparison with the same run settings would.
@@ -375,7 +388,8 @@ class Evaluator:
 
     def evaluate(self, point: Point) -> dict[str, Any]:
         started = time.perf_counter()
-        row: dict[str, Any] = {"id": point.id, "label": point.label, "settings": minimal_dict(point.optim)}
+        row: dict[str, Any] = {"id": point.id, "label": point.label, "settings": minimal_dict(point.optim),
+                               "identity": self.identity_key, "measured_for": self.identity}
         try:
             compat.check(point.optim, self.run, self.model)
         except OptimError as error:
@@ -454,6 +468,8 @@ class Evaluator:
             "lpips_mean": statistics.fmean(distances) if has_lpips else None,
             "lpips_worst": max(distances) if has_lpips else None,
             "adherence": (statistics.fmean(e["adherent"] for e in per_item) if self._adherent else None),
+            # Every prompt still drawn (1.0) or not (0.0): what a floor "adherence>=1" guarantees per prompt.
+            "adherence_worst": (float(min(e["adherent"] for e in per_item)) if self._adherent else None),
             "compile_s": (max(0.0, setup.warmup_s[1] - statistics.median(optimized_walls)) if compiled else None),
             "worker_reused": reused,
             "applied": setup.applied,
@@ -478,11 +494,12 @@ class SweepResult:
     pipeline_s: float
     elapsed_s: float
     resumed: int = 0
+    resume_note: str | None = None  # what --resume reused and why it measured the rest again
 
 
 ROW_FIELDS = ["id", "label", "status", "speedup", "speedup_low", "speedup_high", "verdict", "pairs", "work_fraction",
               "peak_memory_mb", "psnr_mean", "psnr_worst", "ssim_mean", "ssim_worst", "ms_ssim_mean", "ms_ssim_worst",
-              "lpips_mean", "lpips_worst", "adherence", "compile_s",
+              "lpips_mean", "lpips_worst", "adherence", "adherence_worst", "compile_s",
               "elapsed_s", "reason"]
 
 
@@ -503,25 +520,27 @@ def pareto_front(rows: list[dict[str, Any]], quality: str = "ssim_worst") -> lis
     return sorted(front, key=lambda r: -r["speedup"])
 
 
-def read_rows(out: Path) -> list[dict[str, Any]]:
-    path = out / "rows.jsonl"
-    if not path.is_file():
-        return []
-    rows = []
-    for line in path.read_text().splitlines():
-        try:
-            rows.append(json.loads(line))
-        except ValueError:
-            continue  # a line cut short by a kill: that point is measured again
-    return rows
+def device_label(device: str) -> str:
+    """The device rows are measured on, as their identity names it: the GPU's name, or the CPU's."""
+    from optim.capabilities import detect
+
+    info = detect().device
+    return f"cuda: {info.name}" if device == "cuda" else f"cpu: {info.cpu}"
 
 
-def start_sweep(space: Space, out: Path, *, run_spec: RunSpec | None, resume: bool,
-                max_points: int | None) -> tuple[list[Point], RunSpec, dict[str, dict[str, Any]]]:
+def identity_for(run_spec: RunSpec, prompts: PromptSet, seeds: list[int]) -> dict[str, Any]:
+    """The identity rows of this run will have (`Evaluator.identity`), without starting anything."""
+    ref, run = prepare(run_spec, OptimConfig())
+    return measurement_identity(ref, run, list(prompts.prompts), list(seeds), device_label(run.device))
+
+
+def start_sweep(space: Space, out: Path, *, run_spec: RunSpec | None, resume: bool, max_points: int | None,
+                prompts: PromptSet, seeds: list[int], any_device: bool = False) -> tuple[list[Point], RunSpec,
+                                                                                         Resumed]:
     """What every sweep does first (here and on Ray): the points within the server's limit, the run settings
-    (the space's when none are given), the output folder, and the rows already measured when resuming (a row
-    whose Ray workers were all lost measured nothing, so it is measured again); a fresh sweep starts an empty
-    rows.jsonl."""
+    (the space's when none are given), the output folder, and, when resuming, the rows measured for exactly this
+    run (`optim.rows.resume_rows`: a row measured for other run settings, prompts, seeds, model, versions or
+    device, or whose Ray workers were all lost, is measured again); a fresh sweep starts an empty rows.jsonl."""
     if space.stack:
         raise ConfigError(f"space {space.name!r} is a stack for the tuner (its parts are searched, not listed): run "
                           f"python -m optim tune --space {space.name} --floor ...")
@@ -529,20 +548,8 @@ def start_sweep(space: Space, out: Path, *, run_spec: RunSpec | None, resume: bo
     if max_points is not None and len(points) > max_points:
         raise ConfigError(f"the space has {len(points)} points; this server allows at most {max_points}")
     run_spec = run_spec or parse_run(space.run)
-    out.mkdir(parents=True, exist_ok=True)
-    done = {row["id"]: row for row in read_rows(out)} if resume else {}
-    done = {key: row for key, row in done.items() if not row.get("lost")}
-    if not resume and (out / "rows.jsonl").exists():
-        (out / "rows.jsonl").unlink()
-    return points, run_spec, done
-
-
-def append_row(out: Path, row: dict[str, Any]) -> None:
-    """Append one finished point's row to OUT/rows.jsonl, flushed and synced (a crash loses no finished point)."""
-    with open(out / "rows.jsonl", "a") as handle:
-        handle.write(json.dumps(row) + "\n")
-        handle.flush()
-        os.fsync(handle.fileno())
+    identity = identity_for(run_spec, prompts, seeds) if resume else {}
+    return points, run_spec, resume_rows(out, identity, resume=resume, any_device=any_device)
 
 
 def run_sweep(space: Space, prompts: PromptSet, out: Path, *, run_spec: RunSpec | None = None,
@@ -552,8 +559,13 @@ def run_sweep(space: Space, prompts: PromptSet, out: Path, *, run_spec: RunSpec 
               max_seconds: float | None = None, point_budget_s: float = POINT_BUDGET_S) -> SweepResult:
     """Evaluate every point of `space` (see the module docstring) and write the artefacts into `out`."""
     started = time.perf_counter()
-    points, run_spec, done = start_sweep(space, out, run_spec=run_spec, resume=resume, max_points=max_points)
-    evaluator = Evaluator(run_spec, prompts, seeds or [0], progress=None,
+    seeds = seeds or [0]
+    points, run_spec, resumed = start_sweep(space, out, run_spec=run_spec, resume=resume, max_points=max_points,
+                                            prompts=prompts, seeds=seeds)
+    done = resumed.rows
+    if resume and progress is not None:
+        progress(resumed.note, 0, len(points))
+    evaluator = Evaluator(run_spec, prompts, seeds, progress=None,
                           should_stop=should_stop, point_budget_s=point_budget_s)
     rows = [done[p.id] for p in points if p.id in done]
     try:
@@ -572,7 +584,8 @@ def run_sweep(space: Space, prompts: PromptSet, out: Path, *, run_spec: RunSpec 
     rows.sort(key=lambda r: order.get(r["id"], len(order)))
     front = pareto_front(rows, quality)
     files = write_sweep(out, space, prompts, evaluator.run, rows, front, quality)
-    return SweepResult(rows, front, files, evaluator.pipeline_s, time.perf_counter() - started, resumed=len(done))
+    return SweepResult(rows, front, files, evaluator.pipeline_s, time.perf_counter() - started, resumed=len(done),
+                       resume_note=resumed.note if resume else None)
 
 
 def write_sweep(out: Path, space: Space, prompts: PromptSet, run: Any, rows: list[dict[str, Any]],

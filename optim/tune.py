@@ -30,7 +30,8 @@ from optim.config import RunSpec, parse_optim, parse_run
 from optim.errors import ConfigError
 from optim.presets import make_preset, preset_to_json
 from optim.prompts import PromptSet
-from optim.sweep import Evaluator, Floor, Space, pareto_front, read_rows, write_sweep
+from optim.rows import resume_rows
+from optim.sweep import Evaluator, Floor, Space, floor_scope, identity_for, pareto_front, write_sweep
 from optim.tune_stack import StackTuner, tune_stack
 from optim.tuner import _combinations, _each, _monotone, _Tuner
 
@@ -44,6 +45,7 @@ class TuneResult:
     files: list[str]
     elapsed_s: float
     stack: dict[str, Any] | None = None  # the stack tuner's summary (optim.tune_stack.tune_stack)
+    resume_note: str | None = None  # what --resume reused and why it evaluated the rest again
 
 
 def parse_budget(text: str) -> float:
@@ -72,16 +74,25 @@ def tune(space: Space, prompts: PromptSet, floors: list[Floor], out: Path, *, bu
         raise ConfigError("the space has nothing to tune")
     started = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
-    cached = {row["id"]: row for row in read_rows(out)} if resume else {}
-    if not resume and (out / "rows.jsonl").exists():
-        (out / "rows.jsonl").unlink()
+    seeds = seeds or [0]
+    run_spec = run_spec or parse_run(space.run)
+    # Rows measured for exactly this run (optim.rows): other run settings, prompts, seeds, model, versions or
+    # device, and rows whose Ray workers were lost, are evaluated again.
+    any_device = getattr(evaluator, "any_device", False)
+    resumed = resume_rows(out, identity_for(run_spec, prompts, seeds) if resume else {}, resume=resume,
+                          any_device=any_device)
+    cached = resumed.rows
+    if resume and progress is not None:
+        progress(resumed.note, 0, 0)
     if evaluator is None:
-        evaluator = Evaluator(run_spec or parse_run(space.run), prompts, seeds or [0], should_stop=should_stop,
+        evaluator = Evaluator(run_spec, prompts, seeds, should_stop=should_stop,
                               point_budget_s=point_budget_s)
     slots = getattr(evaluator, "slots", 1)
     combos = _combinations(space)
     monotone = bool(space.ranges) and len(space.ranges) == 1 and all(_monotone(p) for p in space.ranges)
-    strategy = "bisection" if monotone or not space.ranges else "optuna-tpe"
+    # What the search is, in words the report and the CLI print: every combination once (a grid), bisection of
+    # one "faster when higher" setting per combination, or Optuna's TPE sampler.
+    strategy = "grid" if not space.ranges else "bisection" if monotone else "optuna-tpe"
     stack: dict[str, Any] | None = None
     if space.stack:  # whole stacks: optim/tune_stack.py
         tuner: _Tuner = StackTuner(space, evaluator, floors, out, budget_s, cached, progress, max_evaluations)
@@ -116,11 +127,12 @@ def tune(space: Space, prompts: PromptSet, floors: list[Floor], out: Path, *, bu
     (out / "tune.json").write_text(json.dumps(summary, indent=2) + "\n")
     files.append("tune.json")
     if best is not None:
-        floors_text = ", ".join(str(f) for f in floors)
+        floors_text = ", ".join(f"{f} ({floor_scope(f.metric)})" for f in floors)
         preset = make_preset(f"tuned-{space.name}"[:64].lower(), parse_optim(best["settings"]),
-                             description=(f"Tuned over the {prompts.name} prompts for {floors_text} (worst case): "
+                             description=(f"Tuned over the {prompts.name} prompts for {floors_text}: "
                                           f"{best['speedup']:.2f}x, {best['label']}.")[:500])
         (out / "tuned.json").write_text(preset_to_json(preset))
         files.append("tuned.json")
     return TuneResult(best=best, rows=rows, evaluations=len(rows), strategy=strategy, files=files,
-                      elapsed_s=time.perf_counter() - started, stack=stack)
+                      elapsed_s=time.perf_counter() - started, stack=stack,
+                      resume_note=resumed.note if resume else None)

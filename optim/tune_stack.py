@@ -35,7 +35,6 @@ from pathlib import Path
 from typing import Any, Callable
 
 from optim.config import parse_optim
-from optim.errors import ConfigError
 from optim.sweep import Space, label_of, set_path
 from optim.tuner import BISECTION_STEPS, _integer, _monotone, _Tuner
 
@@ -86,12 +85,7 @@ class StackTuner(_Tuner):
         return row
 
     def evaluate_assignment(self, assignment: Assignment) -> dict[str, Any]:
-        try:
-            row = super().evaluate(self.settings(assignment))
-        except ConfigError as error:  # settings that do not go together (a field the variant lacks)
-            row = {"id": f"invalid-{len(self.rows)}", "label": str(error)[:80], "status": "refused",
-                   "reason": str(error), "settings": {}}
-            self.rows.append(row)
+        row = super().evaluate(self.settings(assignment))  # settings that do not go together: a refused row
         self.assignments.setdefault(row["id"], assignment)
         return row
 

@@ -5,6 +5,7 @@ TPE sampler over a space's grid and ranges with the floors as constraints.
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import threading
@@ -67,7 +68,19 @@ class _Tuner:
         return row.get("status") == "ok" and all(floor.met(row) for floor in self.floors)
 
     def evaluate(self, settings: dict[str, Any]) -> dict[str, Any]:
-        point = point_of(settings, where="tuning point")
+        """The row of `settings` (measured, or from the resumed rows). Settings that do not go together (a grid's
+        method without the ranged field: TaylorSeer has no threshold) are a refused row with the reason, never
+        the end of the tune."""
+        try:
+            point = point_of(settings, where="tuning point")
+        except ConfigError as error:
+            digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
+            row = {"id": f"invalid-{digest}", "label": str(error)[:80], "status": "refused", "reason": str(error),
+                   "settings": settings}
+            with self._lock:
+                if all(r["id"] != row["id"] for r in self.rows):
+                    self.rows.append(row)
+            return row
         row = self.cached.get(point.id)
         if row is None:
             if self.progress is not None:
@@ -132,14 +145,7 @@ class _Tuner:
                 number = trial.suggest_float(path, float(bounds["low"]), float(bounds["high"]),
                                              log=bool(bounds.get("log")))
             settings = set_path(settings, path, number)
-        try:
-            row = self.evaluate(settings)
-        except ConfigError as error:  # a combination that does not take this field
-            trial.set_user_attr("constraints", [1.0])
-            study.tell(trial, 0.0)
-            self.rows.append({"id": f"invalid-{trial.number}", "label": str(error)[:80], "status": "refused",
-                              "reason": str(error), "settings": {}})
-            return
+        row = self.evaluate(settings)  # a combination that does not take this field is a refused row
         values = [floor.violation(row) for floor in self.floors] if row.get("status") == "ok" else [1.0]
         trial.set_user_attr("constraints", values)
         study.tell(trial, row.get("speedup", 0.0) if row.get("status") == "ok" else 0.0)

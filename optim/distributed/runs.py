@@ -90,7 +90,11 @@ def run_sweep_ray(space: Space, prompts: PromptSet, out: Path, *, address: str |
     files, rows written as they arrive, `resume` skipping the rows already in OUT/rows.jsonl."""
     started = time.perf_counter()
     # A lost row is measured again: its new row, appended later, is the one read back.
-    points, run_spec, done = start_sweep(space, out, run_spec=run_spec, resume=resume, max_points=max_points)
+    seeds = seeds or [0]
+    # Rows from any of the cluster's devices are reused when the rest of their identity matches (optim.rows).
+    points, run_spec, resumed = start_sweep(space, out, run_spec=run_spec, resume=resume, max_points=max_points,
+                                            prompts=prompts, seeds=seeds, any_device=True)
+    done = resumed.rows
     rows = [done[p.id] for p in points if p.id in done]
     todo = [p for p in points if p.id not in done]
     pool: RayPool | None = None
@@ -116,7 +120,8 @@ def run_sweep_ray(space: Space, prompts: PromptSet, out: Path, *, address: str |
     files = write_sweep(out, space, prompts, _run_of(pool, run_spec), rows, front, quality)
     devices = _annotate(out, rows, quality, ray_info)
     return RaySweepResult(rows, front, files, pool.pipeline_s if pool else 0.0, time.perf_counter() - started,
-                          resumed=len(done), devices=devices, ray=ray_info)
+                          resumed=len(done), resume_note=resumed.note if resume else None, devices=devices,
+                          ray=ray_info)
 
 
 
@@ -124,6 +129,8 @@ def run_sweep_ray(space: Space, prompts: PromptSet, out: Path, *, address: str |
 class RayEvaluator:
     """What `optim.tune.tune` evaluates points with, on Ray: `evaluate(point)` (thread-safe, blocking), `slots`
     (how many evaluations run at once), `pipeline_s`, `run`, `close()`."""
+
+    any_device = True  # its rows come from every device of the cluster: resume compares the rest of the identity
 
     def __init__(self, pool: RayPool, run_spec: RunSpec) -> None:
         self.pool = pool
