@@ -162,6 +162,11 @@ def markdown(record: dict[str, Any]) -> str:
         if stack.get("alone_product"):
             lines.append(f"* the parts alone multiply to {stack['alone_product']:.2f}x; together "
                          f"{stack['winner']['speedup']:.2f}x")
+        together = stack.get("bests_together")
+        if together and together.get("speedup"):
+            lines.append(f"* each part's best alone, together ({together['label']}): {together['speedup']:.2f}x "
+                         f"against {together['alone_product']:.2f}x if they multiplied"
+                         + ("" if together["meets_floors"] else ", below the floors"))
         if stack.get("compile"):
             cost = stack["compile"]
             lines.append(f"* compile: {cost['compile_s']:.1f} s once, outside the speedup; repaid after "

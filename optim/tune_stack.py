@@ -59,6 +59,7 @@ class StackTuner(_Tuner):
         self.parts = space.stack
         self.assignments: dict[str, Assignment] = {}
         self._context: dict[str, int] = {}  # the parts being evaluated alone: part -> option index
+        self.combined_bests: Assignment | None = None  # each part's best alone, together (phase 2's first trial)
 
     # ----------------------------------------------------------------------------------------- assignments
 
@@ -176,6 +177,7 @@ class StackTuner(_Tuner):
                 value=value, user_attrs={"constraints": constraints}))
         if len(best_alone) > 1:
             combined: Assignment = {part: found[0][part] for part, found in best_alone.items()}
+            self.combined_bests = combined
             study.enqueue_trial(self._params(combined, self.parts), skip_if_exists=True)
         trials = 0
         while not self.out_of_time() and trials < MAX_TRIALS:
@@ -276,6 +278,14 @@ def tune_stack(tuner: StackTuner, out: Path, progress: Callable[[str, int, int],
                        for part, (_, row) in best_alone.items()},
         "bisection_steps": BISECTION_STEPS,
     }
+    if tuner.combined_bests is not None:
+        # Each part's best alone, together: beside the product of their speedups alone, what interference costs.
+        row = next((r for r in tuner.rows if tuner.assignments.get(r["id"]) == tuner.combined_bests), None)
+        product = math.prod(found[1]["speedup"] for found in best_alone.values())
+        summary["bests_together"] = {
+            "label": row["label"] if row else None, "status": row.get("status") if row else "not evaluated",
+            "speedup": row.get("speedup") if row else None, "meets_floors": bool(row and tuner.feasible(row)),
+            "alone_product": product, "reason": row.get("reason") if row else None}
     if winner is not None:
         say("phase 3: each part of the winner removed in turn")
         summary["winner"] = {"id": winner["id"], "label": winner["label"], "speedup": winner["speedup"],

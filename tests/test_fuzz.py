@@ -32,7 +32,8 @@ from optim.presets import (
 )
 from optim.share import decode_share, encode_share
 
-CASES = settings(max_examples=1200, deadline=None, derandomize=True, database=None, suppress_health_check=list(HealthCheck))
+# 3,400 per decoder: with the edits below, over 10,000 generated inputs per run (about 20 s on 2 cores).
+CASES = settings(max_examples=3400, deadline=None, derandomize=True, database=None, suppress_health_check=list(HealthCheck))
 SHIPPED = [preset_to_dict(p) for p in shipped_presets().values()]
 
 scalars = st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats() | st.text(max_size=30)
@@ -70,10 +71,10 @@ def mutated_presets(draw):
     return data
 
 
-# Inputs accepted by each fuzz test with the fixed seed (derandomize=True), measured: preset values 51 of 1200,
-# preset text 31 of 1200, share links 25 of 1200. A floor of about 40% of that still fails a decoder that
+# Inputs accepted by each fuzz test with the fixed seed (derandomize=True), measured: preset values 144 of 3400,
+# preset text 56 of 3400, share links 71 of 3400. A floor of about 40% of that still fails a decoder that
 # rejects everything (or nearly everything) and leaves room for another Hypothesis version's draws.
-ACCEPTED_AT_LEAST = {"values": 20, "text": 12, "links": 10}
+ACCEPTED_AT_LEAST = {"values": 58, "text": 22, "links": 28}
 
 
 def _parses_or_clean_error(call, *args):

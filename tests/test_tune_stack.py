@@ -91,6 +91,8 @@ def test_the_stack_tuner_finds_the_best_stack_and_each_parts_contribution(tmp_pa
     alone_cache = stack["best_alone"]["cache"]["label"]
     first_stack = next(row["label"] for row in result.rows if "," in row["label"])
     assert alone_cache in first_stack and "compile" in first_stack and "_native_flash" in first_stack
+    # The bests together are reported beside the product of their speedups alone (here refused: flash + compile).
+    assert stack["bests_together"]["status"] == "refused" and stack["bests_together"]["alone_product"] > 2.5
     # Refused combinations are never timed.
     assert not any("_native_flash" in label and "compile" in label for label in evaluator.timed)
     refused = [row for row in result.rows if row["status"] == "refused"]
