@@ -131,6 +131,8 @@ def check(optim: C.OptimConfig, run: ResolvedRun, model: ModelInfo) -> None:
     cache_reason = caps.reason("cache.method", optim.cache.method)
     if cache_reason:
         raise UnavailableError(f"cache {optim.cache.method!r} is not available here: {cache_reason}")
+    if isinstance(optim.cache, C.CacheDitStepsMask):
+        _check_steps_mask(optim.cache, run.steps)
     _check_quantization(optim.quantization, model, cuda)
     if optim.compile.mode != "off":  # (the inductor modes' CUDA needs are settings facts, checked above)
         reason = caps.reason("compile.mode", optim.compile.mode)
@@ -224,6 +226,19 @@ def _check_family(optim: C.OptimConfig, run: ResolvedRun, model: ModelInfo) -> N
     if optim.compile.mode == "regional" and not support["compile.regional"].supported:
         raise IncompatibleError(f"compile mode 'regional' cannot work on {name}: "
                                 f"{support['compile.regional'].reason}")
+
+
+def _check_steps_mask(cache: C.CacheDitStepsMask, steps: int) -> None:
+    """cache-dit's schedule for this many steps, made now: a policy it cannot scale (fewer than 8 steps, except 4
+    and 6) or bins too short are refused before loading, with the fix, not met as a failure mid-run."""
+    from optim.techniques.cache_dit import steps_mask
+
+    try:
+        steps_mask(cache, steps)
+    except AssertionError as error:
+        raise IncompatibleError(
+            f"cache-dit's mask policy {cache.policy!r} cannot schedule {steps} steps ({error}); use policy 'custom' "
+            "with your own compute and cache bins, or at least 8 steps") from None
 
 
 def _check_cache_on_family(cache: Any, run: ResolvedRun, model: ModelInfo, fam: families.Family) -> None:

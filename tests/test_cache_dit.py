@@ -84,7 +84,14 @@ def test_named_masks_cache_the_steps_of_their_schedule(policy):
 
 def test_a_custom_mask_shorter_than_the_run_is_refused_with_the_fix():
     with pytest.raises(IncompatibleError, match="cover 4 steps; the run has 12"):
-        _report({"cache": EVERY_OTHER})
+        prepare(parse_run(RUN), parse_optim({"cache": EVERY_OTHER}))
+
+
+def test_a_named_mask_cache_dit_cannot_scale_is_refused_before_loading():
+    """Found by the load test at 2 steps: cache-dit asserts mid-run; the lab refuses it before anything loads."""
+    with pytest.raises(IncompatibleError, match="mask policy 'medium' cannot schedule 2 steps.*use policy 'custom'"):
+        prepare(parse_run({**RUN, "steps": 2}), parse_optim({"cache": {"method": "cache_dit_steps_mask"}}))
+    prepare(parse_run({**RUN, "steps": 4}), parse_optim({"cache": {"method": "cache_dit_steps_mask"}}))
 
 
 def test_disabling_restores_the_baseline_bit_for_bit_also_on_a_side_reconfigured_in_place():
