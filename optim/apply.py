@@ -30,7 +30,8 @@ def apply_before_probe(
     """Everything except compile. Quantization already happened at load; it is recorded here for the report."""
     if not isinstance(optim.quantization, C.NoQuantization):
         # A synthetic model built in memory was quantized after it was built (`optim.models.load_pipeline`).
-        lines = getattr(pipe, "_lab_quantized", None) or [f"{describe_quantization(optim.quantization)} (at load)"]
+        when = "after load" if isinstance(optim.quantization, C.LayerwiseCasting) else "at load"
+        lines = getattr(pipe, "_lab_quantized", None) or [f"{describe_quantization(optim.quantization)} ({when})"]
         for line in lines:
             applied.add(f"quantization: {line}")
     apply_attention(pipe, optim.attention, applied)

@@ -16,6 +16,7 @@ from typing import Any, Sequence
 
 from optim.errors import ConfigError, OptimError
 from optim.logs import progress_printer
+from optim.plan.cards import CARDS
 
 COMMANDS = ("compare", "sweep", "tune", "presets", "capabilities", "schema", "report-schema", "reference")
 
@@ -41,6 +42,9 @@ def _prompt_sets() -> list[str]:
     from optim.prompts import shipped_prompt_sets
 
     return shipped_prompt_sets()
+
+
+CARD_NAMES = tuple(CARDS)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -124,6 +128,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     capabilities = commands.add_parser("capabilities", help="what this machine can run, and why not")
     capabilities.add_argument("--json", action="store_true")
+
+    plan = commands.add_parser("plan", help="will it fit my GPU? every combination of weight storage, offload and "
+                               "VAE tiling, predicted from the model's configs before anything runs")
+    plan.add_argument("--model", required=True, help="a known Hub model (its published configs), embedded, "
+                      "tiny:FAMILY, synthetic:NAME or a local diffusers folder")
+    plan.add_argument("--gpu", required=True, help="a size in GB (24, 16GB) or a card: " + ", ".join(CARD_NAMES))
+    for flag in ("width", "height", "steps", "frames", "max-sequence-length"):
+        plan.add_argument(f"--{flag}", type=int, default=None, help="default: the model's own")
+    plan.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
+    plan.add_argument("--attention", default="native", help="attention backend (math keeps the score matrix)")
+    plan.add_argument("--top", type=int, default=12, help="how many fitting combinations to list")
+    plan.add_argument("--storage", default=None, help="only this weight storage besides the run dtype, e.g. bnb_nf4, "
+                      "torchao_int8, layerwise_fp8")
+    plan.add_argument("--json", action="store_true", help="everything, every term (plan.json)")
 
     commands.add_parser("schema", help="print the JSON Schema of a preset file")
     commands.add_parser("report-schema", help="print the JSON Schema of report.json")
@@ -373,6 +391,19 @@ def cmd_presets(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_plan(args: argparse.Namespace) -> int:
+    from optim.plan import format_plan, plan
+
+    result = plan(args.model, args.gpu, width=args.width, height=args.height, steps=args.steps,
+                  num_frames=args.frames, max_sequence_length=args.max_sequence_length, dtype=args.dtype,
+                  attention=args.attention, storage=args.storage)
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=1))
+    else:
+        print(format_plan(result, top=args.top))
+    return 0 if result.fits else 1
+
+
 def cmd_capabilities(args: argparse.Namespace) -> int:
     from optim.capabilities import SECTION_TITLES, detect
 
@@ -431,7 +462,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     show_lab_logs("INFO" if args.verbose else None)
     handlers = {"compare": cmd_compare, "presets": cmd_presets, "capabilities": cmd_capabilities, "schema": cmd_schema,
-                "reference": cmd_reference, "report-schema": cmd_report_schema, "sweep": cmd_sweep, "tune": cmd_tune}
+                "reference": cmd_reference, "report-schema": cmd_report_schema, "sweep": cmd_sweep, "tune": cmd_tune,
+                "plan": cmd_plan}
     try:
         return handlers[args.command](args)
     except OptimError as error:

@@ -338,6 +338,13 @@ def _check_quantization(quant: Any, model: ModelInfo, cuda: bool) -> None:
     reason = caps.reason("quantization.backend", quant.backend)
     if reason:
         raise UnavailableError(f"quantization {quant.backend!r} is not available here: {reason}")
+    if isinstance(quant, C.LayerwiseCasting):
+        others = [c for c in quant.components if components[c] != "diffusers"]
+        if others:
+            raise IncompatibleError(
+                f"layerwise casting is a diffusers model method (enable_layerwise_casting); {', '.join(others)} "
+                "is a transformers model: choose diffusers components (the transformer, the VAE), or quantize the "
+                "text encoders with torchao, quanto or bitsandbytes")
     if quant.backend.startswith("bitsandbytes"):
         on_diffusers = [c for c in quant.components if components[c] == "diffusers"]
         # A small synthetic model is built and quantized in memory (`optim.techniques.quantization.

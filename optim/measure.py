@@ -37,7 +37,7 @@ from optim.memory import MemoryProbe, freeze_heap, thaw_heap
 from optim.models import ModelRef, ResolvedRun, load_pipeline, model_components
 from optim.techniques import Applied
 from optim.techniques.cache_dit import cache_dit_stats
-from optim.techniques.quantization import build_quantization_config, component_sizes_mb
+from optim.techniques.quantization import apply_layerwise_casting, build_quantization_config, component_sizes_mb
 from optim.workcount import WorkCounter
 
 Progress = Callable[[str, int, int], None]  # (phase, done, total)
@@ -246,6 +246,7 @@ class Side:
                                          offload=optim.offload.mode != "none")
         if optim.offload.mode == "none":
             pipe.to(run.device)
+        apply_layerwise_casting(pipe, optim.quantization, compute_dtype=run.dtype)
         self._load_s = time.perf_counter() - started
         pipe.set_progress_bar_config(disable=True)  # progress goes through `report`, not tqdm on stderr
         weights = [name for name, part in pipe.components.items() if hasattr(part, "parameters")]

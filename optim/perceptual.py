@@ -196,7 +196,6 @@ def lpips_status() -> tuple[bool, str]:
 @lru_cache(maxsize=1)
 def lpips_network() -> AlexLpips | None:
     """The LPIPS network from the weights on this machine, or None where they are missing."""
-    import torch
 
     available, _ = lpips_status()
     if not available:
@@ -204,8 +203,14 @@ def lpips_network() -> AlexLpips | None:
     alexnet, linear = _candidates()
     alexnet_path = next(p for p in alexnet if p.is_file())
     linear_path = next(p for p in linear if p.is_file())
-    return AlexLpips(torch.load(alexnet_path, map_location="cpu", weights_only=True),
-                     torch.load(linear_path, map_location="cpu", weights_only=True))
+    return AlexLpips(_tensors(alexnet_path), _tensors(linear_path))
+
+
+def _tensors(path: Path) -> dict:
+    """A state dict from a weights file the operator placed on this machine (weights_only: tensors, never code)."""
+    import torch
+
+    return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def lpips(baseline: np.ndarray, optimized: np.ndarray) -> float | None:

@@ -150,6 +150,7 @@ def _other(key: str, current):
             "cache.cache_dit_steps_mask.policy": "custom",
             "cache.cache_dit_steps_mask.compute_bins": "4, 2, 2",
             "cache.cache_dit_steps_mask.cache_bins": "2, 3",
+            "quantization.layerwise_casting.storage_dtype": "float8_e5m2",
         }
         return choices[key]
     if isinstance(current, float):

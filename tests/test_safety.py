@@ -112,9 +112,11 @@ def test_request_limits_are_enforced_and_configurable():
         Limits.from_env({"OPTIM_MAX_STEPS": "lots"})
 
 
-# Internal IPC between our own processes (the parent and its worker zygote, over a private socket) is pickled;
-# nothing that comes from a user is.
-INTERNAL_IPC = {"zygote.py": "pickle.loads(message)"}
+# Internal IPC between our own processes (the parent and its worker zygote, over a private socket) is pickled,
+# and LPIPS's weight files, which the operator places on the machine, load with torch's tensors-only loader;
+# nothing that comes from a user is unpickled.
+INTERNAL_IPC = {"zygote.py": "pickle.loads(message)",
+                "perceptual.py": 'torch.load(path, map_location="cpu", weights_only=True)'}
 
 
 def test_no_code_path_evaluates_or_unpickles_user_input():

@@ -130,7 +130,7 @@ def model_parts(ref: Any) -> tuple[dict[str, Any], str | None]:
     if ref.kind == "hub":
         for model in families.FULL_SIZE_MODELS.values():
             if model.hub_id == ref.name:
-                return dict(from_full_size(model).parts), model.family
+                return dict(from_full_size(model, tokenizers={}).parts), model.family
         from optim.errors import ModelError
 
         known = ", ".join(model.hub_id for model in families.FULL_SIZE_MODELS.values())

@@ -68,8 +68,9 @@ def _component_config(quant: Any, library: str) -> Any:
 
 
 def build_quantization_config(quant: Any, libraries: dict[str, str]) -> Any:
-    """A `PipelineQuantizationConfig` for the chosen components, or None for no quantization."""
-    if isinstance(quant, C.NoQuantization):
+    """A `PipelineQuantizationConfig` for the chosen components, or None for no quantization (and for layerwise
+    casting, which is applied after loading: `apply_layerwise_casting`)."""
+    if isinstance(quant, (C.NoQuantization, C.LayerwiseCasting)):
         return None
     from diffusers import PipelineQuantizationConfig
 
@@ -77,7 +78,22 @@ def build_quantization_config(quant: Any, libraries: dict[str, str]) -> Any:
     return PipelineQuantizationConfig(quant_mapping=mapping)
 
 
+def apply_layerwise_casting(pipe: Any, quant: Any, *, compute_dtype: str) -> None:
+    """`enable_layerwise_casting` on each chosen component (diffusers models: optim.compat refuses the others),
+    right after loading, so the sizes the report gives are the stored ones. Not undone in place: a side with
+    other weights is a fresh load (`optim.measure.swappable`)."""
+    if not isinstance(quant, C.LayerwiseCasting):
+        return
+    import torch
+
+    for component in quant.components:
+        getattr(pipe, component).enable_layerwise_casting(storage_dtype=getattr(torch, quant.storage_dtype),
+                                                          compute_dtype=getattr(torch, compute_dtype))
+
+
 def describe_quantization(quant: Any) -> str:
+    if isinstance(quant, C.LayerwiseCasting):
+        return f"layerwise casting: {quant.storage_dtype} storage on {', '.join(quant.components)}"
     settings = C.minimal_dict(C.OptimConfig(quantization=quant)).get("quantization", {})
     extras = ", ".join(f"{k}={v}" for k, v in settings.items() if k not in ("backend", "components"))
     components = ", ".join(quant.components)
