@@ -141,6 +141,8 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--top", type=int, default=12, help="how many fitting combinations to list")
     plan.add_argument("--storage", default=None, help="only this weight storage besides the run dtype, e.g. bnb_nf4, "
                       "torchao_int8, layerwise_fp8")
+    plan.add_argument("--rules", default="installed", choices=["installed", "transformers-4"],
+                      help="whose loaders' rules: the installed versions', or transformers 4.x's (published figures)")
     plan.add_argument("--json", action="store_true", help="everything, every term (plan.json)")
 
     commands.add_parser("schema", help="print the JSON Schema of a preset file")
@@ -396,7 +398,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
     result = plan(args.model, args.gpu, width=args.width, height=args.height, steps=args.steps,
                   num_frames=args.frames, max_sequence_length=args.max_sequence_length, dtype=args.dtype,
-                  attention=args.attention, storage=args.storage)
+                  attention=args.attention, storage=args.storage, rules=args.rules)
     if args.json:
         print(json.dumps(result.to_dict(), indent=1))
     else:

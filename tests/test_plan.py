@@ -181,3 +181,64 @@ def test_every_family_plans(key):
     result = plan(f"tiny:{key}", "1")
     assert result.fits, key
     assert np.isfinite([o.peak_bytes for o in result.options]).all()
+
+
+def _option(result, offload: str, scheme: str | None = None, components=("transformer", "text_encoder_2")):
+    want = {"offload": {"mode": offload}}
+    if scheme:
+        want["quantization"] = {**SCHEMES[scheme].settings, "components": list(components)}
+    return next(o for o in result.options if o.settings == want)
+
+
+def test_transformers_4_rules_keep_t5s_wo_in_float32():
+    """Both keep T5's `wo` (its `_keep_in_fp32_modules`) out of NF4; transformers 4.x's bitsandbytes loaders also
+    kept it in float32 at bf16: the T5 under those rules is bigger by exactly those layers' two extra bytes."""
+    ref = resolve_model("black-forest-labs/FLUX.1-dev")
+    parts, _ = model_parts(ref)
+    t5 = build_on_meta(parts["text_encoder_2"])
+    now = component_weights(t5, "text_encoder_2", "transformers", SCHEMES["bnb_nf4"], "bfloat16")
+    then = component_weights(t5, "text_encoder_2", "transformers", SCHEMES["bnb_nf4"], "bfloat16",
+                             rules="transformers-4")
+    wo = [m for name, m in t5.named_modules() if name.endswith(".wo")]
+    linears = [m for m in t5.modules() if isinstance(m, torch.nn.Linear)]
+    assert wo and then.quantized_layers == now.quantized_layers == len(linears) - len(wo)
+    assert then.bytes - now.bytes == sum(2 * m.weight.numel() for m in wo)
+    # Only bitsandbytes followed that rule; torchao's loader did not.
+    assert component_weights(t5, "text_encoder_2", "transformers", SCHEMES["torchao_int8"], "bfloat16",
+                             rules="transformers-4").bytes == \
+        component_weights(t5, "text_encoder_2", "transformers", SCHEMES["torchao_int8"], "bfloat16").bytes
+    with pytest.raises(ConfigError, match="rules"):
+        plan("embedded", "4", rules="transformers-3")
+
+
+def test_loading_bitsandbytes_components_counts_before_offload_moves_them():
+    """bitsandbytes quantizes on the GPU, so with model offload the quantized components are all there at load:
+    the option needs their sum even though a generation holds one at a time."""
+    result = plan("black-forest-labs/FLUX.1-dev", "rtx-4090", storage="bnb_nf4")
+    option = _option(result, "model_cpu", "bnb_nf4")
+    both = result.weights["transformer"]["bnb_nf4"] + result.weights["text_encoder_2"]["bnb_nf4"]
+    assert option.load_peak_bytes == both > option.peak_bytes and option.need_bytes == both
+    assert "while loading" in option.reason
+    # torchao quantizes where the model is loaded (the host): nothing is on the GPU before the offload.
+    torchao = _option(plan("black-forest-labs/FLUX.1-dev", "rtx-4090", storage="torchao_int8"), "model_cpu",
+                      "torchao_int8")
+    assert torchao.load_peak_bytes == 0
+    # A card between the two figures: fits by the generation's peak, not by the load.
+    between = plan("black-forest-labs/FLUX.1-dev", f"{(option.peak_bytes + both) / 2 / 2**30 + 0.5:.2f}",
+                   storage="bnb_nf4")
+    assert not _option(between, "model_cpu", "bnb_nf4").fits
+
+
+def test_old_loaders_leave_bnb_8bit_on_the_gpu_under_model_offload():
+    installed = _option(plan("black-forest-labs/FLUX.1-dev", "h100", storage="bnb_int8"), "model_cpu", "bnb_int8")
+    old = _option(plan("black-forest-labs/FLUX.1-dev", "h100", storage="bnb_int8", rules="transformers-4"),
+                  "model_cpu", "bnb_int8")
+    assert old.peak_bytes - installed.peak_bytes > 4 * 2**30  # T5's 8-bit weights stay beside the transformer
+
+
+def test_the_reserved_figure_bounds_the_peak_and_keeps_what_each_phase_freed():
+    result = plan("black-forest-labs/FLUX.1-dev", "h100")
+    for option in result.options:
+        assert option.reserved_peak_bytes >= option.peak_bytes
+    loaded = _option(result, "none")
+    assert loaded.reserved_peak_bytes > loaded.peak_bytes  # the decoder's stages each keep their blocks

@@ -13,6 +13,9 @@ What each offload mode keeps on the GPU at a phase (encode the prompt, denoise, 
 * group offload, block level: one block of the running component (two with CUDA streams: the next is
   prefetched), or its layers outside the blocks; leaf level: one leaf (two with streams).
 
+Loading counts too: bitsandbytes quantizes on the GPU, so its components land there when loaded and stay until
+the offload mode is applied; a combination needs the larger of that and its generation's peak.
+
 A combination fits when its peak plus the margin (0.5 GiB for the CUDA context, and 5% of the peak for the
 allocator's rounding and fragmentation) is within the card. Those that fit are ranked by the speed they can be
 expected to keep: no offload, then model offload, group offload with streams, group offload, sequential offload;
@@ -22,6 +25,7 @@ within a class, the storage that costs least to dequantize first, then the small
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from functools import lru_cache
 from typing import Any
 
 from optim.plan.cards import GIB, Card, parse_card
@@ -44,6 +48,12 @@ OFFLOADS = (
 )
 
 
+# Why each speed class ranks where it does (the one-line reason of each option starts with it).
+SPEED_WHY = {0: "every weight stays on the GPU, no transfers", 1: "each component moves to the GPU once per phase",
+             2: "blocks stream in while the previous one computes", 3: "each block moves in when needed, compute waits",
+             4: "each layer moves in when needed, compute waits", 5: "every layer crosses to the GPU at every step"}
+
+
 @dataclass
 class Option:
     """One combination: its settings (loadable into the controls), what it needs, and why it ranks where it does."""
@@ -58,10 +68,18 @@ class Option:
     reason: str
     peak_phase: str
     terms: dict[str, dict[str, int]] = field(default_factory=dict)
+    reserved_peak_bytes: int = 0  # the allocator's reserved memory, an upper bound (optim.plan.peaks)
+    load_peak_bytes: int = 0  # GPU memory while loading (bitsandbytes components land on the GPU at load)
 
     @property
     def peak_gib(self) -> float:
+        """The generation's peak."""
         return self.peak_bytes / GIB
+
+    @property
+    def need_bytes(self) -> int:
+        """The most the GPU holds at once, loading included (what must fit)."""
+        return max(self.peak_bytes, self.load_peak_bytes)
 
 
 @dataclass
@@ -93,13 +111,14 @@ def _component_sets(parts: dict[str, Any], scheme: Scheme) -> list[tuple[str, ..
     return [tuple(chosen) for size in range(1, len(eligible) + 1) for chosen in combinations(eligible, size)]
 
 
-def _resident(weights: dict[str, ComponentWeights], offload: str, component: str) -> int:
-    """GPU bytes of weights while `component` runs, under `offload` (see the module docstring)."""
+def _resident(weights: dict[str, ComponentWeights], offload: str, component: str, pinned: tuple[str, ...] = ()) -> int:
+    """GPU bytes of weights while `component` runs, under `offload` (see the module docstring); `pinned`: the
+    components that model offload leaves on the GPU."""
     own = weights[component]
     if offload == "none":
         return sum(w.bytes for w in weights.values())
     if offload == "model_cpu":
-        return own.bytes
+        return own.bytes + sum(weights[name].bytes for name in pinned if name != component)
     if offload == "sequential_cpu":
         return own.largest_leaf_bytes
     copies = 2 if offload.endswith("stream") else 1
@@ -111,11 +130,13 @@ def _resident(weights: dict[str, ComponentWeights], offload: str, component: str
 class _Model:
     """The model's parts built on meta once, and each component's bytes under each scheme (cached)."""
 
-    def __init__(self, ref: Any, dtype: str) -> None:
+    def __init__(self, ref: Any, dtype: str, rules: str = "installed") -> None:
         from optim.synthetic import build_on_meta
 
+        self.ref = ref
         self.parts, self.family = model_parts(ref)
         self.dtype = dtype
+        self.rules = rules
         self.modules = {name: build_on_meta(part) for name, part in self.parts.items()}
         self._cache: dict[tuple[str, str], ComponentWeights] = {}
 
@@ -124,7 +145,7 @@ class _Model:
         if key not in self._cache:
             part = self.parts[component]
             self._cache[key] = component_weights(self.modules[component], component, part.library, SCHEMES[scheme],
-                                                 self.dtype)
+                                                 self.dtype, self.rules)
         return self._cache[key]
 
 
@@ -143,16 +164,26 @@ def evaluate(model: _Model, run: Any, card: Card, scheme: str, components: tuple
                                                 separate_cfg=separate, d=d)))
     if "vae" in model.parts:
         phases.append(("vae", decode_terms(model.family, model.parts["vae"].config, run, d, tiling=tiling)))
-    peak, peak_phase, terms = 0, "", {}
+    # bitsandbytes quantizes on the GPU: its loaders place the component there (device_map {"": cuda}), and an
+    # offload mode moves it to the host only after the pipeline is built, so loading holds all of them at once.
+    on_gpu_at_load = tuple(name for name in components if scheme.startswith("bnb"))
+    # diffusers skips model offload's hook for bitsandbytes 8-bit with transformers < 4.58 or bitsandbytes < 0.48
+    # (pipeline_utils.py, enable_model_cpu_offload): those components stay on the GPU throughout.
+    pinned = on_gpu_at_load if scheme == "bnb_int8" and model.rules != "installed" else ()
+    peak, peak_phase, terms, held, reserved = 0, "", {}, 0, 0
     for component, phase in phases:
-        resident = _resident(weights, offload, component)
+        resident = _resident(weights, offload, component, pinned)
         total = resident + phase.total
         terms[f"{phase.phase} ({component})"] = {"weights on the GPU": resident, **phase.terms}
         if total > peak:
             peak, peak_phase = total, f"{phase.phase} ({component})"
+        held += phase.held
+        reserved = max(reserved, resident + held)
     after_load = sum(w.bytes for w in weights.values()) if offload == "none" else 0
     host = 0 if offload == "none" else sum(w.bytes for w in weights.values())
-    fits = peak + CONTEXT_BYTES + ALLOCATOR_SHARE * peak <= card.memory_bytes
+    load_peak = after_load if offload == "none" else sum(weights[name].bytes for name in on_gpu_at_load)
+    need = max(peak, load_peak) * (1 + ALLOCATOR_SHARE) + CONTEXT_BYTES
+    fits = need <= card.memory_bytes
     offload_settings = next(entry for entry in OFFLOADS if entry[0] == offload)
     storage = SCHEMES[scheme]
     where = ", ".join(components)
@@ -164,33 +195,34 @@ def evaluate(model: _Model, run: Any, card: Card, scheme: str, components: tuple
     if tiling:
         settings["vae"] = {"tiling": True}
     stored = f"weights at {model.dtype}" if scheme == "none" else f"{storage.label} on {where}"
-    reason = f"{offload_settings[3]}; {stored}; peak in {peak_phase}: {peak / GIB:.2f} GiB"
-    return Option(label, settings, after_load, peak, host, fits, offload_settings[2], reason, peak_phase, terms)
+    room = (f"{(card.memory_bytes - need) / GIB:.1f} GiB to spare" if fits
+            else f"{(need - card.memory_bytes) / GIB:.1f} GiB short")
+    at = f"peak in {peak_phase}" if peak >= load_peak else f"peak while loading ({load_peak / GIB:.2f} GiB)"
+    reason = f"{SPEED_WHY[offload_settings[2]]}; {stored}; {at}, {room}"
+    return Option(label, settings, after_load, peak, host, fits, offload_settings[2], reason, peak_phase, terms,
+                  reserved, load_peak)
 
 
 def plan(model_name: str, gpu: str | Card, *, width: int | None = None, height: int | None = None,
          steps: int | None = None, num_frames: int | None = None, max_sequence_length: int | None = None,
          dtype: str = "bfloat16", guidance_scale: float | None = None, attention: str = "native",
-         cache: Any = None, storage: str | None = None) -> PlanResult:
+         cache: Any = None, storage: str | None = None, rules: str = "installed") -> PlanResult:
     """Every combination for `model_name` on the card `gpu` (a name or a size), ranked (see the module docstring);
-    `storage`: only that weight storage (a `SCHEMES` key) besides the run dtype."""
+    `storage`: only that weight storage (a `SCHEMES` key) besides the run dtype; `rules`: whose loaders' rules
+    (`optim.plan.weights.RULES`)."""
+    from optim.errors import ConfigError
+    from optim.plan.weights import RULES
+
     if storage is not None and storage not in SCHEMES:
-        from optim.errors import ConfigError
-
         raise ConfigError(f"storage {storage!r}: use one of {', '.join(SCHEMES)}")
-    from types import SimpleNamespace
-
-    from optim.models import resolve_model
+    if rules not in RULES:
+        raise ConfigError(f"rules {rules!r}: use one of {', '.join(RULES)}")
     from optim.plan.weights import parameter_count
 
     card = gpu if isinstance(gpu, Card) else parse_card(gpu)
-    ref = resolve_model(model_name)
-    model = _Model(ref, dtype)
-    defaults = _defaults(ref, model.family)
-    run = SimpleNamespace(width=width or defaults["width"], height=height or defaults["height"],
-                          steps=steps or defaults["steps"], num_frames=num_frames or defaults.get("num_frames"),
-                          max_sequence_length=max_sequence_length or defaults.get("max_sequence_length"),
-                          guidance_scale=defaults["guidance_scale"] if guidance_scale is None else guidance_scale)
+    model = _model(model_name, dtype, rules)
+    run = _run(model, width=width, height=height, steps=steps, num_frames=num_frames,
+               max_sequence_length=max_sequence_length, guidance_scale=guidance_scale)
     guidance = _guidance(model)
     # VAE tiling only where it changes the decode (an output larger than the VAE's tile).
     vae = model.parts["vae"].config if "vae" in model.parts else {}
@@ -206,12 +238,86 @@ def plan(model_name: str, gpu: str | Card, *, width: int | None = None, height: 
                 for tiling in tilings:
                     options.append(evaluate(model, run, card, scheme_key, components, offload, tiling,
                                             attention=attention, cache=cache, guidance=guidance))
-    options.sort(key=lambda o: (not o.fits, o.speed_class, _speed_rank(o), o.peak_bytes))
+    options.sort(key=lambda o: (not o.fits, o.speed_class, _speed_rank(o), o.need_bytes))
     weights = {name: {key: model.weights(name, key).bytes for key in SCHEMES
                       if key == "none" or model.parts[name].library in SCHEMES[key].libraries}
                for name in model.parts}
-    return PlanResult(model_name, card, vars(run), weights,
+    return PlanResult(model_name, card, {**vars(run), "dtype": dtype, "attention": attention, "rules": rules}, weights,
                       {name: parameter_count(module) for name, module in model.modules.items()}, options)
+
+
+@lru_cache(maxsize=8)
+def _model(model_name: str, dtype: str, rules: str) -> _Model:
+    """The model's parts on meta, kept for the next plan of the same model (the app re-plans on every edit)."""
+    from optim.models import resolve_model
+
+    return _Model(resolve_model(model_name), dtype, rules)
+
+
+def _run(model: _Model, **given: Any) -> Any:
+    """The run settings a plan uses: those given, else the model's own."""
+    from types import SimpleNamespace
+
+    defaults = _defaults(model.ref, model.family)
+    pick = {key: given.get(key) or defaults.get(key) for key in ("width", "height", "steps", "num_frames",
+                                                                   "max_sequence_length")}
+    scale = given.get("guidance_scale")
+    return SimpleNamespace(**pick, guidance_scale=defaults["guidance_scale"] if scale is None else scale)
+
+
+def scheme_of(quantization: Any) -> str:
+    """The `SCHEMES` key that stores weights as the lab's quantization section `quantization` does (the dynamic
+    torchao variants store the same weights as the weight-only ones; FP4 with double quantization the same bytes
+    as NF4 with it)."""
+    backend = quantization.backend
+    if backend == "none":
+        return "none"
+    if backend == "bitsandbytes_4bit":
+        if quantization.double_quant:
+            return "bnb_nf4_dq"
+        return f"bnb_{quantization.quant_type}"
+    if backend == "bitsandbytes_8bit":
+        return "bnb_int8"
+    if backend == "torchao":
+        return "torchao_fp8" if quantization.quant_type.startswith("float8") else "torchao_int8"
+    if backend == "quanto":
+        return {"float8": "quanto_fp8"}.get(quantization.weights, f"quanto_{quantization.weights}")
+    if backend == "layerwise_casting":
+        return "layerwise_fp8"
+    raise ValueError(f"no storage scheme for quantization backend {backend!r}")
+
+
+def offload_of(offload: Any) -> str:
+    """The `OFFLOADS` key of the lab's offload section."""
+    if offload.mode != "group":
+        return offload.mode
+    kind = "leaf" if offload.offload_type == "leaf_level" else "block"
+    return f"group_{kind}" + ("_stream" if offload.use_stream else "")
+
+
+def predict(run: Any, optim: Any, gpu: str | Card, *, rules: str = "installed") -> Option:
+    """The prediction for one side: the lab's run settings (`RunSpec`) and optimizations (`OptimConfig`) on the
+    card `gpu`. A run dtype of "auto" is planned at bfloat16 (what the lab picks on a GPU). Raises `ConfigError`
+    for a model with no configs on this machine."""
+    from optim.errors import ConfigError, OptimError
+
+    card = gpu if isinstance(gpu, Card) else parse_card(gpu)
+    dtype = "bfloat16" if run.dtype == "auto" else run.dtype
+    try:
+        model = _model(run.model, dtype, rules)
+    except OptimError:
+        raise
+    except Exception as error:  # noqa: BLE001 - no published configs here (an unknown Hub model)
+        raise ConfigError(f"no configs for {run.model!r} on this machine to plan from ({error})") from error
+    planned = _run(model, width=run.width, height=run.height, steps=run.steps, num_frames=run.num_frames,
+                   max_sequence_length=run.max_sequence_length, guidance_scale=run.guidance_scale)
+    scheme = scheme_of(optim.quantization)
+    components = tuple(c for c in getattr(optim.quantization, "components", ()) if c in model.parts) \
+        if scheme != "none" else ()
+    if scheme != "none" and not components:
+        scheme = "none"
+    return evaluate(model, planned, card, scheme, components, offload_of(optim.offload), optim.vae.tiling,
+                    attention=optim.attention.backend, cache=optim.cache, guidance=_guidance(model))
 
 
 def _speed_rank(option: Option) -> int:
@@ -256,23 +362,22 @@ def format_plan(result: PlanResult, *, top: int = 12) -> str:
                           if key in ("none", "layerwise_fp8", "torchao_int8", "bnb_nf4", "quanto_int4"))
         lines.append(f"  {component} ({result.parameters[component] / 1e9:.2f} B parameters): {shown}")
     fits = result.fits
-    loaded = next((o for o in result.options if o.label == f"weights in {result.run.get('dtype', 'bfloat16')}, "
-                   "no offload" or (not o.settings.get("quantization") and o.settings["offload"] == {"mode": "none"}
-                                    and "vae" not in o.settings)), None)
+    loaded = next((o for o in result.options if o.settings == {"offload": {"mode": "none"}}), None)
     if loaded is not None:
         lines += ["", f"as loaded ({loaded.label}): {loaded.peak_gib:.2f} GiB peak, "
                       + ("fits" if loaded.fits else "does not fit")]
     lines += ["", f"{len(fits)} of {len(result.options)} combinations fit (peak + 0.5 GiB CUDA context + 5% "
                   "allocator margin), fastest expected first:"]
     for option in fits[:top]:
-        lines.append(f"  {option.peak_gib:6.2f} GiB peak, {option.after_load_bytes / GIB:6.2f} after loading, "
+        lines.append(f"  {option.peak_gib:6.2f} GiB peak, {option.load_peak_bytes / GIB:6.2f} while loading, "
                      f"{option.host_bytes / GIB:6.2f} host: {option.label}")
+        lines.append(f"      {option.reason}")
     if not fits:
         lines.append("  none: the smallest need is below")
-    closest = sorted((o for o in result.options if not o.fits), key=lambda o: (o.speed_class, o.peak_bytes))[:3]
+    closest = sorted((o for o in result.options if not o.fits), key=lambda o: (o.speed_class, o.need_bytes))[:3]
     if closest:
         lines += ["", "does not fit (the fastest kinds):"]
         for option in closest:
-            lines.append(f"  {option.peak_gib:6.2f} GiB peak: {option.label}")
+            lines.append(f"  {option.need_bytes / GIB:6.2f} GiB needed: {option.label}")
     lines += ["", "every term of every combination: --json"]
     return "\n".join(lines)

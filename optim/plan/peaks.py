@@ -20,6 +20,11 @@ the two guidance branches are batched in one call: SD3, CogVideoX; else 1).
   C_in + 3 C_out) x h x w x d (its input kept for the shortcut, the normalized and activated copies, the
   convolution's output), or an upsampler, (C/4 + 2 C) x (2h x 2w) x d; a video VAE decodes a chunk of frames at
   a time (CogVideoX 2 latent frames, Wan 1); tiling decodes tiles of the VAE's sample size.
+
+What the caching allocator reserves (`max_memory_reserved`, which some published figures report) is more than the
+peak of live tensors: a freed block is kept for later requests, and a larger request cannot reuse a smaller block.
+The plan's reserved figure is an upper bound of that: each phase's working memory stays reserved after it, and
+the decoder's stages, which grow with each resolution, each hold their own (`Terms.held`).
 """
 
 from __future__ import annotations
@@ -43,6 +48,11 @@ class Terms:
 
     phase: str
     terms: dict[str, int] = field(default_factory=dict)
+    held_bytes: int | None = None  # what the allocator keeps reserved after the phase (the total where None)
+
+    @property
+    def held(self) -> int:
+        return self.total if self.held_bytes is None else self.held_bytes
 
     @property
     def total(self) -> int:
@@ -116,7 +126,7 @@ def decode_terms(family: str | None, vae: dict[str, Any], run: Any, d: int, *, t
         frames = 4 * VIDEO_CHUNK_LATENT_FRAMES[family]
     levels = len(channels)
     order = list(reversed(channels))  # the decoder's up blocks, from the latent's resolution up
-    peak, where = 0, ""
+    peak, where, stages = 0, "", 0
     for level, c_out in enumerate(order):
         c_in = order[level - 1] if level else order[0]
         scale = 2 ** (levels - 1 - level)
@@ -130,8 +140,9 @@ def decode_terms(family: str | None, vae: dict[str, Any], run: Any, d: int, *, t
             if upsample > stage:
                 stage, label = upsample, f"the upsampler of {c_out} channels to {2 * math.ceil(width / scale)}x" \
                                          f"{2 * math.ceil(height / scale)}"
+        stages += stage
         if stage > peak:
             peak, where = stage, label
     output = 3 * (getattr(run, "num_frames", None) or 1) * run.height * run.width * 4
     return Terms("decode", {f"VAE decoder's largest stage ({where}, {frames} frame(s) at a time)": peak,
-                            "decoded output (float32)": output})
+                            "decoded output (float32)": output}, held_bytes=stages + output)

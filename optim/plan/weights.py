@@ -22,6 +22,12 @@ list and the model's `_keep_in_fp32_modules`, which it keeps in float32; transfo
 `get_modules_to_not_convert`); layerwise casting skips diffusers' default patterns, the model's
 `_skip_layerwise_casting_patterns` and `_keep_in_fp32_modules`. Everything else stays at the run dtype (float32
 where the loader keeps it so), integer buffers at their own size.
+
+Loader rules change between versions; `rules` names whose to follow: "installed" (the versions on this machine,
+what the lab would run) or "transformers-4" (transformers 4.x, which published figures of 2025 were measured
+with: its bitsandbytes loaders also kept a model's `_keep_in_fp32_modules` in float32 at bfloat16 (the quantizer's
+`use_keep_in_fp32_modules`), so T5's `wo` layers stayed float32 and out of quantization; and with it
+(transformers < 4.58) diffusers' model offload leaves bitsandbytes 8-bit components on the GPU, `optim.plan`).
 """
 
 from __future__ import annotations
@@ -113,6 +119,7 @@ SCHEMES: dict[str, Scheme] = {s.key: s for s in (
 )}
 
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+RULES = ("installed", "transformers-4")
 
 
 # ------------------------------------------------------------------------------------------------ the parts
@@ -169,18 +176,23 @@ def _folder_parts(folder: Path) -> tuple[dict[str, Any], str | None]:
 # ------------------------------------------------------------------------------------------------ the rules
 
 
-def _keep_fp32(module: Any, library: str, dtype: str) -> tuple[str, ...]:
+def _legacy_keeps(library: str, scheme: str, rules: str) -> bool:
+    """Whether transformers 4.x's bitsandbytes loaders keep `_keep_in_fp32_modules` in float32 here."""
+    return rules == "transformers-4" and library == "transformers" and scheme.startswith("bnb")
+
+
+def _keep_fp32(module: Any, library: str, dtype: str, scheme: str = "none", rules: str = "installed") -> tuple[str, ...]:
     """Module names the loader keeps in float32 at `dtype`."""
     if library == "diffusers":
         return tuple(getattr(module, "_keep_in_fp32_modules", None) or ())
     names = list(getattr(module, "_keep_in_fp32_modules_strict", None) or ()) if dtype in ("bfloat16", "float16") \
         else []
-    if dtype == "float16":
+    if dtype == "float16" or (dtype == "bfloat16" and _legacy_keeps(library, scheme, rules)):
         names += list(getattr(module, "_keep_in_fp32_modules", None) or ())
     return tuple(names)
 
 
-def _not_converted(module: Any, library: str, scheme: str) -> tuple[str, ...]:
+def _not_converted(module: Any, library: str, scheme: str, rules: str = "installed") -> tuple[str, ...]:
     """Modules the quantization loaders keep out (see the module docstring). diffusers' bitsandbytes and torchao
     loaders keep the model's `_keep_in_fp32_modules` out; its quanto loader quantizes them too (their biases stay
     in float32: measured on the tiny Wan build)."""
@@ -188,6 +200,11 @@ def _not_converted(module: Any, library: str, scheme: str) -> tuple[str, ...]:
         if scheme.startswith("quanto"):
             return ()
         return tuple(getattr(module, "_keep_in_fp32_modules", None) or ())
+    if _legacy_keeps(library, scheme, rules):
+        from transformers.quantizers.base import HfQuantizer
+
+        kept = tuple(getattr(module, "_keep_in_fp32_modules", None) or ())
+        return tuple(HfQuantizer.get_modules_to_not_convert(module, None, list(kept)) or ()) + kept
     from transformers.quantizers.base import HfQuantizer
 
     return tuple(HfQuantizer.get_modules_to_not_convert(module, None, getattr(module, "_keep_in_fp32_modules", None))
@@ -242,14 +259,16 @@ class ComponentWeights:
     per_module: dict[str, int] | None = None  # each module's own tensors' bytes (for tracing a difference)
 
 
-def component_weights(module: Any, component: str, library: str, scheme: Scheme, dtype: str) -> ComponentWeights:
-    """The bytes of `module` (built on meta, see `model_parts`) stored under `scheme` at `dtype`."""
+def component_weights(module: Any, component: str, library: str, scheme: Scheme, dtype: str,
+                      rules: str = "installed") -> ComponentWeights:
+    """The bytes of `module` (built on meta, see `model_parts`) stored under `scheme` at `dtype`, by the loaders'
+    `rules` (see the module docstring)."""
     import torch
 
     d = DTYPE_BYTES[dtype]
     applies = scheme.key != "none" and library in scheme.libraries
-    keep32 = _keep_fp32(module, library, dtype)
-    skip = _not_converted(module, library, scheme.key) if applies and not scheme.layerwise else ()
+    keep32 = _keep_fp32(module, library, dtype, scheme.key if applies else "none", rules)
+    skip = _not_converted(module, library, scheme.key, rules) if applies and not scheme.layerwise else ()
     seen: set[int] = set()
     per_module: dict[str, int] = {}
     quantized = 0
