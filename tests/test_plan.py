@@ -23,7 +23,7 @@ from optim import families as F
 from optim.config import parse_optim
 from optim.errors import ConfigError, IncompatibleError
 from optim.models import load_pipeline, model_components, resolve_model
-from optim.plan import plan
+from optim.plan import plan, predict
 from optim.plan.cards import CARDS, parse_card
 from optim.plan.weights import SCHEMES, component_weights, model_parts
 from optim.synthetic import build_on_meta
@@ -242,3 +242,18 @@ def test_the_reserved_figure_bounds_the_peak_and_keeps_what_each_phase_freed():
         assert option.reserved_peak_bytes >= option.peak_bytes
     loaded = _option(result, "none")
     assert loaded.reserved_peak_bytes > loaded.peak_bytes  # the decoder's stages each keep their blocks
+
+
+def test_predict_reads_one_sides_lab_settings():
+    """`predict` maps the lab's sections onto the planner's combinations: the same figure as the plan's option."""
+    from optim.config import parse_run
+
+    run = parse_run({"model": "black-forest-labs/FLUX.1-dev"})
+    result = plan("black-forest-labs/FLUX.1-dev", "rtx-4090")
+    nf4 = {"backend": "bitsandbytes_4bit", "quant_type": "nf4", "components": ["transformer", "text_encoder_2"]}
+    for settings in ({"offload": {"mode": "none"}}, {"offload": {"mode": "model_cpu"}, "quantization": nf4},
+                     {"offload": {"mode": "group", "offload_type": "leaf_level"}}):
+        want = next(o for o in result.options if o.settings == settings)
+        got = predict(run, parse_optim(settings), "rtx-4090")
+        assert (got.need_bytes, got.fits, got.label) == (want.need_bytes, want.fits, want.label)
+    assert not predict(run, parse_optim({}), "rtx-4090").fits

@@ -181,7 +181,8 @@ def _legacy_keeps(library: str, scheme: str, rules: str) -> bool:
     return rules == "transformers-4" and library == "transformers" and scheme.startswith("bnb")
 
 
-def _keep_fp32(module: Any, library: str, dtype: str, scheme: str = "none", rules: str = "installed") -> tuple[str, ...]:
+def _keep_fp32(module: Any, library: str, dtype: str, scheme: str = "none",
+               rules: str = "installed") -> tuple[str, ...]:
     """Module names the loader keeps in float32 at `dtype`."""
     if library == "diffusers":
         return tuple(getattr(module, "_keep_in_fp32_modules", None) or ())
