@@ -25,10 +25,10 @@ from lab.results import (
     render_error,
     save_report_files,
 )
-from lab.text import log
+from lab.text import fit_check, log
 from optim.config import RunSpec
 from optim.engine import Comparison, compare
-from optim.errors import Cancelled, OptimError
+from optim.errors import Cancelled, ConfigError, OptimError
 from optim.limits import check_run
 from optim.presets import Preset
 
@@ -76,6 +76,11 @@ def execute(ctx: ServerContext, run: RunSpec, preset: Preset, *, progress: Any =
     """Check the request against this server's limits, then compare (on ZeroGPU inside @spaces.GPU)."""
     check_run(run, ctx.limits)
     ctx.resolve(run.model)
+    if ctx.cuda and run.device != "cpu":  # a side that cannot fit this GPU is refused before anything loads
+        fit = fit_check(ctx, preset, run, suggest=True)
+        refusal = fit.refusal() if fit is not None else None
+        if refusal:
+            raise ConfigError(f"will not fit: {refusal}")
     if ctx.zero_gpu:
         return ctx.gpu_runner.compare(run, preset, progress=progress)
     reporter = progress_reporter(progress) if progress is not None else None

@@ -95,6 +95,11 @@ def settings_summary(ctx: ServerContext, values: dict[str, Any]) -> str:
                 f"{resolved.steps} steps at {resolved.width}×{resolved.height}{frames}, {resolved.dtype} on "
                 f"{resolved.device}."
             )
+        fit = fit_check(ctx, preset, run)
+        if fit is not None:
+            lines.append(memory_line(ctx, fit))
+            if ctx.cuda and run.device != "cpu":
+                problem = fit.refusal()
     except OptimError as error:
         problem = str(error)
     except Exception as error:  # noqa: BLE001 - a live check must never break the page
@@ -104,6 +109,45 @@ def settings_summary(ctx: ServerContext, values: dict[str, Any]) -> str:
         lines.append(f"<br><span class='bad'><b>Will be refused:</b> {escape(problem)}</span>")
     lines.append("</div>")
     return "\n".join(lines)
+
+
+def planning_card(ctx: ServerContext) -> tuple[Any, str]:
+    """The card the planner predicts for: this machine's GPU, else the one `OPTIM_PLAN_GPU` names (RTX 4090)."""
+    import os
+
+    from optim.plan.cards import Card, parse_card
+
+    if ctx.cuda and ctx.device.memory_gb:
+        return Card("this-gpu", ctx.device.memory_gb, f"this GPU ({ctx.device.name})"), "this GPU"
+    card = parse_card(os.environ.get("OPTIM_PLAN_GPU", "rtx-4090"))
+    return card, f"{card.note or card.name} (no GPU here; OPTIM_PLAN_GPU names another card)"
+
+
+def fit_check(ctx: ServerContext, preset: Any, run: Any, *, suggest: bool = False) -> Any:
+    """Both sides' planned GPU memory (`optim.plan.predict_sides`), or None where the model has no configs here;
+    `suggest`: also what fits (seconds: the run's check, not the live summary)."""
+    from optim.plan import predict_sides
+
+    try:
+        return predict_sides(run, preset.optim, planning_card(ctx)[0], suggest=suggest)
+    except OptimError:
+        return None
+
+
+def memory_line(ctx: ServerContext, fit: Any) -> str:
+    """HTML: each side's planned GPU peak beside the card's memory."""
+    from optim.plan.cards import GIB
+
+    _, where = planning_card(ctx)
+
+    def side(option: Any) -> str:
+        mark = "" if option.fits else " <span class='bad'>(does not fit)</span>"
+        need = option.need_bytes
+        return (f"{need / GIB:.1f} GiB" if need >= GIB / 10 else f"{need / 2**20:.0f} MB") + mark
+
+    return (f"<br>GPU memory, planned for {escape(where)}: baseline {side(fit.baseline)}, optimized "
+            f"{side(fit.optimized)} of {fit.card.memory_gib:.1f} GiB (<code>python -m optim plan</code> lists "
+            "what fits).")
 
 
 def model_note(ctx: ServerContext, model: str) -> str:

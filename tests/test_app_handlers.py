@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import json
 import random
+import re
 import threading
 import zlib
 from pathlib import Path
@@ -578,3 +579,52 @@ def test_sweep_rows_say_identical_and_progress_counts_points():
     seen = []
     sweep_panel._progress_of(lambda value, desc, unit: seen.append((value, desc, unit)))("point 1/10", 0, 10)
     assert seen == [((0, 10), "point 1/10", "points")]
+
+
+def test_the_summary_plans_each_sides_gpu_memory_before_running():
+    """Without a GPU the summary plans for an RTX 4090 (OPTIM_PLAN_GPU names another) and says so; FLUX.1-dev as
+    loaded does not fit it, NF4 on the transformer and T5 does."""
+    summary = text.settings_summary(CTX, values())
+    assert re.search(r"GPU memory, planned for GeForce RTX 4090 24 GB \(no GPU here.*: baseline \d+ MB, optimized \d+ MB "
+                     r"of 24\.0 GiB", summary), summary
+    flux = values(run__model="black-forest-labs/FLUX.1-dev", run__width=1024, run__height=1024)
+    summary = text.settings_summary(CTX, flux)
+    assert re.search(r"baseline 3\d\.\d GiB <span class='bad'>\(does not fit\)</span>", summary), summary
+    nf4 = {**flux, "quantization.backend": "bitsandbytes_4bit",
+           "quantization.components": ["transformer", "text_encoder_2"]}
+    assert re.search(r"optimized 1\d\.\d GiB of 24\.0 GiB", text.settings_summary(CTX, nf4))
+    assert "Will be refused" not in text.settings_summary(CTX, nf4)  # no GPU here: the CPU runs it
+
+
+def test_a_side_that_cannot_fit_this_gpu_is_refused_before_loading(monkeypatch):
+    """On a 24 GB GPU, FLUX.1-dev with model offload alone is refused with the need, the card and what to try,
+    before anything loads; the same settings on an 80 GB GPU pass the check."""
+    from dataclasses import replace
+
+    from optim.config import parse_optim, parse_run
+
+    class OnGpu:  # this server's context, on a GPU of `memory` GiB
+        cuda, zero_gpu = True, False
+
+        def __init__(self, memory: float) -> None:
+            self.device = replace(CTX.device, cuda=True, device="cuda", name="NVIDIA test", memory_gb=memory)
+
+        def __getattr__(self, name: str):
+            return getattr(CTX, name)
+
+        def resolve(self, model: str) -> None:
+            return None
+
+    loaded = []
+    monkeypatch.setattr(run_panel, "compare", lambda *a, **k: loaded.append(a) or "compared")
+    run = parse_run({"model": "black-forest-labs/FLUX.1-dev", "width": 1024, "height": 1024, "steps": 4})
+    preset = make_preset("offload", parse_optim({"offload": {"mode": "model_cpu"}}))
+    for memory, refused in ((23.99, True), (79.19, False)):
+        ctx = OnGpu(memory)
+        if refused:
+            with pytest.raises(ConfigError, match=r"will not fit: the optimized side needs about 2\d\.\d GiB .*"
+                                                  r"this GPU \(NVIDIA test\) has 24\.0: try "):
+                run_panel.execute(ctx, run, preset)
+            assert not loaded
+        else:
+            assert run_panel.execute(ctx, run, preset) == "compared"

@@ -114,7 +114,9 @@ def test_share_link_restores_the_controls_then_a_comparison_runs(server_url, pag
     page.get_by_role("tab", name="Cache").click()
     assert input_value(page, "cache.method") == "First Block Cache"
     assert float(input_value(page, "cache.first_block_cache.threshold")) == 0.2
-    assert "cache</b> method=first_block_cache, threshold=0.2" in page.locator("#settings-summary").inner_html()
+    summary = page.locator("#settings-summary").inner_html()
+    assert "cache</b> method=first_block_cache, threshold=0.2" in summary
+    assert "GPU memory, planned for GeForce RTX 4090 24 GB" in summary  # the planner, before anything runs
 
     # Cancel a comparison while it runs (its worker process is killed), then run one to the end.
     page.locator("#run-button").click()

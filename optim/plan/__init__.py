@@ -305,12 +305,12 @@ def predict(run: Any, optim: Any, gpu: str | Card, *, rules: str = "installed") 
     dtype = "bfloat16" if run.dtype == "auto" else run.dtype
     try:
         model = _model(run.model, dtype, rules)
+        planned = _run(model, width=run.width, height=run.height, steps=run.steps, num_frames=run.num_frames,
+                       max_sequence_length=run.max_sequence_length, guidance_scale=run.guidance_scale)
     except OptimError:
         raise
     except Exception as error:  # noqa: BLE001 - no published configs here (an unknown Hub model)
         raise ConfigError(f"no configs for {run.model!r} on this machine to plan from ({error})") from error
-    planned = _run(model, width=run.width, height=run.height, steps=run.steps, num_frames=run.num_frames,
-                   max_sequence_length=run.max_sequence_length, guidance_scale=run.guidance_scale)
     scheme = scheme_of(optim.quantization)
     components = tuple(c for c in getattr(optim.quantization, "components", ()) if c in model.parts) \
         if scheme != "none" else ()
@@ -381,3 +381,48 @@ def format_plan(result: PlanResult, *, top: int = 12) -> str:
             lines.append(f"  {option.need_bytes / GIB:6.2f} GiB needed: {option.label}")
     lines += ["", "every term of every combination: --json"]
     return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------------ the two sides
+
+
+@dataclass
+class SidesFit:
+    """Both sides of a comparison on one card: each side's prediction, and what to try where one does not fit."""
+
+    card: Card
+    baseline: Option
+    optimized: Option
+    suggestion: str | None  # the fastest combination that fits, for a side that does not
+
+    def refusal(self) -> str | None:
+        """A message naming the side that cannot fit and what to try; None when both fit."""
+        need = lambda o: o.need_bytes * (1 + ALLOCATOR_SHARE) + CONTEXT_BYTES  # noqa: E731
+        where = self.card.note or self.card.name
+        same = self.baseline.settings == self.optimized.settings
+        for side, option in (("optimized", self.optimized), ("baseline", self.baseline)):
+            if not option.fits:
+                side = "each" if same else side
+                hint = (f": try {self.suggestion}" if side != "baseline" and self.suggestion else
+                        ": the baseline is the model as loaded and must run too; lower the resolution or the frames"
+                        if side == "baseline" else "")
+                return (f"the {side} side needs about {need(option) / GIB:.1f} GiB of GPU memory (with the CUDA "
+                        f"context and the allocator's margin), {where} has {self.card.memory_gib:.1f}{hint}")
+        return None
+
+
+def predict_sides(run: Any, optim: Any, gpu: str | Card, *, suggest: bool = True) -> SidesFit:
+    """`predict` for the baseline (no optimizations) and the optimized side, with a suggestion from the plan
+    (every combination: seconds) when the optimized side does not fit and `suggest`."""
+    from optim.config import OptimConfig
+
+    card = gpu if isinstance(gpu, Card) else parse_card(gpu)
+    baseline, optimized = predict(run, OptimConfig(), card), predict(run, optim, card)
+    suggestion = None
+    if suggest and not optimized.fits:
+        dtype = "bfloat16" if run.dtype == "auto" else run.dtype
+        fits = plan(run.model, card, width=run.width, height=run.height, steps=run.steps, num_frames=run.num_frames,
+                    max_sequence_length=run.max_sequence_length, dtype=dtype, guidance_scale=run.guidance_scale,
+                    attention=optim.attention.backend, cache=optim.cache).fits
+        suggestion = fits[0].label if fits else None
+    return SidesFit(card, baseline, optimized, suggestion)
