@@ -53,10 +53,6 @@ PUBLISHED = [
 ]
 
 
-def _value(option: Any, figure: str) -> int:
-    return getattr(option, figure)
-
-
 def _dominant(option: Any, figure: str) -> str:
     """The phase and the largest terms behind the figure."""
     if figure == "after_load_bytes":
@@ -78,7 +74,7 @@ def published_rows() -> list[dict[str, Any]]:
             if key not in plans:
                 plans[key] = plan(FLUX, card, storage="bnb_nf4", rules=rules, **run)
             option = next(o for o in plans[key].options if o.settings == settings)
-            figures[rules] = (option, _value(option, figure) / GIB)
+            figures[rules] = (option, getattr(option, figure) / GIB)
         option, predicted = figures["transformers-4"]
         error = predicted / published - 1
         out.append({"source": source, "row": row, "figure": figure, "published_gib": published,

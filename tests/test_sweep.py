@@ -102,6 +102,7 @@ def test_the_tuner_returns_the_fastest_point_meeting_the_floor(tmp_path):
     ok = [row for row in result.rows if row["status"] == "ok"]
     feasible = [row for row in ok if floor.met(row)]
     assert result.best is not None and floor.met(result.best)
+    assert feasible and result.best["id"] in {row["id"] for row in feasible}
     assert all(result.best["speedup"] >= row["speedup"] for row in feasible)
     tuned = preset_from_json((tmp_path / "tuned.json").read_text())
     assert tuned.optim.cache.threshold == pytest.approx(result.best["settings"]["cache"]["threshold"])

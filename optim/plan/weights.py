@@ -193,7 +193,7 @@ def _keep_fp32(module: Any, library: str, dtype: str, scheme: str = "none",
     return tuple(names)
 
 
-def _not_converted(module: Any, library: str, scheme: str, rules: str = "installed") -> tuple[str, ...]:
+def _not_converted(module: Any, library: str, scheme: str) -> tuple[str, ...]:
     """Modules the quantization loaders keep out (see the module docstring). diffusers' bitsandbytes and torchao
     loaders keep the model's `_keep_in_fp32_modules` out; its quanto loader quantizes them too (their biases stay
     in float32: measured on the tiny Wan build)."""
@@ -201,11 +201,6 @@ def _not_converted(module: Any, library: str, scheme: str, rules: str = "install
         if scheme.startswith("quanto"):
             return ()
         return tuple(getattr(module, "_keep_in_fp32_modules", None) or ())
-    if _legacy_keeps(library, scheme, rules):
-        from transformers.quantizers.base import HfQuantizer
-
-        kept = tuple(getattr(module, "_keep_in_fp32_modules", None) or ())
-        return tuple(HfQuantizer.get_modules_to_not_convert(module, None, list(kept)) or ()) + kept
     from transformers.quantizers.base import HfQuantizer
 
     return tuple(HfQuantizer.get_modules_to_not_convert(module, None, getattr(module, "_keep_in_fp32_modules", None))
@@ -269,7 +264,7 @@ def component_weights(module: Any, component: str, library: str, scheme: Scheme,
     d = DTYPE_BYTES[dtype]
     applies = scheme.key != "none" and library in scheme.libraries
     keep32 = _keep_fp32(module, library, dtype, scheme.key if applies else "none", rules)
-    skip = _not_converted(module, library, scheme.key, rules) if applies and not scheme.layerwise else ()
+    skip = _not_converted(module, library, scheme.key) if applies and not scheme.layerwise else ()
     seen: set[int] = set()
     per_module: dict[str, int] = {}
     quantized = 0
