@@ -1,5 +1,6 @@
 """The public API of the app, all of it wired here: `compare` (one comparison), `sweep` (a space of configurations
-over a prompt set, with its Pareto front) and `tune` (the fastest configuration above a quality floor), for
+over a prompt set, with its Pareto front), `tune` (the fastest configuration above a quality floor) and `plan`
+(what fits a card, predicted before anything runs), for
 scripts (gradio_client) and other apps. Every other event of the page is private. They run in the same queue
 slot as the Run button, within the server's limits.
 
@@ -160,6 +161,51 @@ def wire_api(ctx: ServerContext, panel: ApiPanel) -> None:
 
     panel.button.click(compare, panel.inputs, panel.outputs, api_name="compare", **GPU_QUEUE)
     wire_sweep_endpoints(ctx)
+    wire_plan_endpoint()
+
+
+def wire_plan_endpoint() -> None:
+    """The `plan` endpoint (gradio_client: api_name="/plan"): what fits a card, predicted; nothing runs."""
+    from lab.plan_panel import plan_report
+
+    def plan(model: str = EMBEDDED_MODEL, gpu: str = "rtx-4090", width: float | None = None,
+             height: float | None = None, steps: float | None = None, num_frames: float | None = None,
+             top: float = 10) -> dict:
+        """Will it fit my GPU? Predict the GPU memory of every combination of weight storage (quantization per
+        component, layerwise casting), offload and VAE tiling for a model, from its published configs, before
+        anything runs; rank those that fit a card by expected speed.
+
+        Parameters:
+            model: "embedded", a Hugging Face Hub model id (e.g. "black-forest-labs/FLUX.1-dev") or tiny:...
+            gpu: a known card (rtx-3060, rtx-4080, rtx-4090, l4, a100-40, a100-80, h100, h200, zerogpu) or its
+                memory in GB ("16", "12GB")
+            width: image width; empty for the model's default
+            height: image height; empty for the model's default
+            steps: denoising steps; empty for the model's default
+            num_frames: frames of a video model; empty for the model's default
+            top: how many fitting combinations to return (1-50)
+        Returns:
+            plan: the card, the run planned, each component's weights (GiB) under each storage, how many of the
+                combinations fit, the `top` that fit (fastest expected first: settings loadable as a preset's
+                optim section, GPU need with the CUDA context and allocator margin, peak, host memory, reason)
+                and the three closest that do not
+        """
+        try:
+            return plan_report(model, gpu, width=_given(width), height=_given(height), steps=_given(steps),
+                               num_frames=_given(num_frames), top=as_int(top) if top not in (None, "") else 10)
+        except OptimError as error:
+            raise user_error(error, for_page=False) from None
+        except Exception as error:  # noqa: BLE001 - e.g. a Hub model whose configs cannot be read
+            log.exception("api plan failed")
+            raise gr.Error(f"Unexpected error ({type(error).__name__}: {error})") from None
+
+    with gr.Column(visible=False):
+        inputs = [gr.Textbox(EMBEDDED_MODEL, label="model"), gr.Textbox("rtx-4090", label="gpu"),
+                  gr.Number(None, label="width", precision=0), gr.Number(None, label="height", precision=0),
+                  gr.Number(None, label="steps", precision=0), gr.Number(None, label="num_frames", precision=0),
+                  gr.Number(10, label="top", precision=0)]
+        output, button = gr.JSON(label="plan"), gr.Button("plan")
+    button.click(plan, inputs, output, api_name="plan", concurrency_limit=4)
 
 
 def api_space(text: str) -> Space:

@@ -64,6 +64,7 @@ class SettingsPanel:
     recommended_button: Any = None  # "Use this model's recommended settings"
     applied_defaults: Any = None  # gr.State: the model defaults last filled in (what the user has not edited)
     frames_row: Any = None  # Frames and FPS: shown for video models
+    tabs: Any = None  # the technique tabs (`lab.layout` adds the "Will it fit?" tab of `lab.plan_panel`)
 
     @property
     def control_list(self) -> list[Any]:
@@ -252,7 +253,7 @@ def build_settings(ctx: ServerContext, defaults: dict[str, Any]) -> SettingsPane
                          info="A shipped preset fills every optimization control (the model and prompt stay); "
                               "then adjust anything.", elem_id="preset-picker")
     run = lambda name: make_field_controls(ctx, defaults, "run", RunSpec, name, controls)  # noqa: E731
-    with gr.Tabs(elem_id="technique-tabs"):
+    with gr.Tabs(elem_id="technique-tabs") as tabs:
         with gr.Tab("Model", id="tab-run"):
             facts = key_facts("run.model")
             controls["run.model"] = gr.Dropdown(
@@ -366,7 +367,7 @@ def build_settings(ctx: ServerContext, defaults: dict[str, Any]) -> SettingsPane
     return SettingsPanel(controls=controls, preset_picker=picker, model_note=note, summary=summary,
                          recommended_button=recommended, applied_defaults=applied, frames_row=frames_row,
                          cache_groups=cache_groups, quantization_groups=quant_groups, offload_group=offload_group,
-                         compile_group=compile_group)
+                         compile_group=compile_group, tabs=tabs)
 
 
 # ---------------------------------------------------------------------------------------------- handlers

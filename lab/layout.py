@@ -12,6 +12,7 @@ from lab.api import build_api, wire_api
 from lab.context import ServerContext
 from lab.controls import build_settings, wire_settings
 from lab.fields import CONTROL_KEYS
+from lab.plan_panel import build_plan_panel, wire_plan_panel
 from lab.results import build_results, wire_results
 from lab.run_panel import build_run_panel, wire_run_panel
 from lab.sharing import build_sharing, default_values, wire_sharing
@@ -90,6 +91,8 @@ def build_demo(ctx: ServerContext) -> gr.Blocks:
                     with gr.Column(scale=1, min_width=440):
                         run_panel = build_run_panel()  # first: above the fold on any screen
                         settings = build_settings(ctx, defaults)
+                        with settings.tabs, gr.Tab("Will it fit?", id="tab-plan"):
+                            plan = build_plan_panel(ctx)
                         sharing = build_sharing(ctx, defaults, settings.controls)
                     with gr.Column(scale=1, min_width=480):
                         results = build_results()
@@ -100,6 +103,7 @@ def build_demo(ctx: ServerContext) -> gr.Blocks:
         if missing:  # a config field without a control is a bug of this package
             raise RuntimeError(f"no control for {sorted(missing)}")
         wire_settings(ctx, settings)
+        wire_plan_panel(ctx, plan, settings)
         wire_sharing(ctx, demo, settings, sharing)
         wire_run_panel(ctx, run_panel, settings, results)
         wire_results(results)

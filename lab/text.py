@@ -334,6 +334,8 @@ def frames_badge(report: Report) -> str:
 
 
 def details_markdown(report: Report) -> str:
+    from optim.plan.check import planned_line
+
     run, env, timing = report.run, report.environment, report.timing
     isolation = ("each side in its own process, both loaded at once" if env.get("isolation") == "process"
                  else "in this process, one side after the other")
@@ -362,6 +364,13 @@ def details_markdown(report: Report) -> str:
         lines.append(f"Baseline: {timing.baseline_reuse}.")
     if env.get("isolation_note"):
         lines.append(env["isolation_note"] + ".")
+    planned = [(side, planned_line(getattr(report, side).planned.model_dump())) for side in ("baseline", "optimized")
+               if getattr(report, side).planned is not None]
+    if planned:
+        lines += ["", "### GPU memory: planned and measured",
+                  "The memory planner's peak of a generation (`python -m optim plan`), made before the run from the "
+                  "model's configs, beside the peak measured: "
+                  + "; ".join(f"{side} {line}" for side, line in planned if line) + "."]
     lines += [
         "",
         "### Applied to the optimized side, in order",

@@ -77,6 +77,7 @@ class Comparison:
     timing: TimingReport  # report.json's timing section, built by optim.timing.summarize
     baseline_reused: bool = False
     elapsed_s: float = 0.0
+    planned: dict[str, dict[str, Any]] | None = None  # on CUDA: each side's planned peak beside its measured one
 
     @property
     def speedup_interval(self) -> Interval:
@@ -114,6 +115,7 @@ class Comparison:
             "deterministic": side.deterministic,
             "runs": [{"latency_s": t.latency_s, "time_s": run_time(t, self.timing.estimator.name),
                       "peak_memory_mb": t.peak_memory_mb, **t.load.to_dict()} for t in side.timings],
+            **({"planned": self.planned[side.side]} if self.planned else {}),
         }
 
     def to_report(self) -> dict[str, Any]:
@@ -196,10 +198,15 @@ class Comparison:
         quality = image_quality(baseline.image, optimized.image)
         heatmap, scale = diff_heatmap(baseline.image, optimized.image)
         fraction, per_step = work_fractions(optimized.step_work, baseline.step_work)
+        from optim.plan.check import planned_sides
+
+        planned = planned_sides(run, preset.optim, environment.get("gpu_memory_gb"),
+                                {name: (side.peak_memory_mb, side.reserved_memory_mb)
+                                 for name, side in (("baseline", baseline), ("optimized", optimized))})
         return cls(run=run, preset=preset, environment=environment, baseline=baseline, optimized=optimized,
                    quality=quality, heatmap=heatmap, heatmap_scale=scale, work_fraction=fraction,
                    work_per_step=per_step, timing=timing, baseline_reused=baseline_reused,
-                   elapsed_s=time.perf_counter() - started if started is not None else 0.0)
+                   elapsed_s=time.perf_counter() - started if started is not None else 0.0, planned=planned)
 
     def report(self) -> Report:
         """report.json as typed data (`optim.report_model.Report`)."""

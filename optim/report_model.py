@@ -66,6 +66,18 @@ class CacheDitStats(_Data):
     agrees: bool = Field(description="the two lists of steps are the same")
 
 
+class PlannedMemory(_Data):
+    predicted_peak_mb: float = Field(description="the memory planner's peak of a generation (optim.plan)")
+    measured_peak_mb: float = Field(description="peak_memory_mb: the most torch.cuda.max_memory_allocated of a run")
+    error: float | None = Field(description="predicted / measured - 1")
+    predicted_reserved_mb: float | None = Field(description="the plan's upper bound of the allocator's reserve")
+    measured_reserved_mb: float | None
+    predicted_load_mb: float = Field(description="the plan's GPU memory while loading")
+    peak_phase: str = Field(description="where the plan puts the peak (encode, denoise, decode)")
+    fits: bool = Field(description="the plan says this side fits this GPU with its margins")
+    combination: str = Field(description="the combination planned, in the planner's words")
+
+
 class SideReport(_Data):
     latency_s: LatencyStats = Field(description="wall time of the timed runs")
     time_s: LatencyStats = Field(description="the time the ratio is taken from (timing.estimator)")
@@ -93,6 +105,8 @@ class SideReport(_Data):
     mag_ratios: list[float] | None = None
     cache_dit: CacheDitStats | None = Field(
         None, description="cache-dit's own statistics of the first item's run, checked against the lab's count")
+    planned: PlannedMemory | None = Field(
+        None, description="on CUDA: the memory planner's prediction for this side beside its measured peak")
 
 
 class Interval(_Data):

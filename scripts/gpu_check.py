@@ -138,7 +138,17 @@ def figures(report: dict[str, Any]) -> dict[str, Any]:
         "memory": t["memory_saving_mb"]["text"], "load_s": o["load_s"], "compile_s": o["compile_s"],
         "work_fraction": o["work_fraction"], "psnr_db": report["quality"]["psnr_db"],
         "ssim": report["quality"]["ssim"], "applied": o["applied"], "warnings": o["warnings"],
+        # The memory planner's prediction beside the measured peak (optim.plan.check): each GPU run checks it.
+        "planned": {side: report[side].get("planned") for side in ("baseline", "optimized")},
     }
+
+
+def planned_cell(planned: dict[str, Any] | None) -> str:
+    """'14210 (+2.1%)': the optimized side's planned peak, and its error against the measured one."""
+    side = (planned or {}).get("optimized")
+    if not side or side.get("error") is None:
+        return "-"
+    return f"{side['predicted_peak_mb']:.0f} ({side['error']:+.1%})"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -276,20 +286,22 @@ def markdown(record: dict[str, Any]) -> str:
              f"CUDA {d['cuda']}, torch {d['torch']}, diffusers {d['diffusers']}, Python {d['python']}, "
              f"{d['cpu_count']} CPU cores.", "", f"Run: {json.dumps(record['run'])}; both sides in their own "
              "processes, runs in turns, one baseline kept warm for every case.", "",
-             "| case | status | speedup (95% CI) | baseline -> optimized (s) | peak GPU MB (opt.) | host peak MB | "
-             "load s | compile s | work | PSNR dB | seed's 4090 |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| case | status | speedup (95% CI) | baseline -> optimized (s) | peak GPU MB (opt.) | "
+             "planned MB (error) | host peak MB | load s | compile s | work | PSNR dB | seed's 4090 |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for o in record["outcomes"]:
         f = o["figures"]
         if not f:
             seed = SEED_TABLE.get(o["case"], "")
-            lines.append(f"| {o['case']} | {o['status']}: {o['detail']} | | | | | | | | | {seed} |")
+            lines.append(f"| {o['case']} | {o['status']}: {o['detail']} | | | | | | | | | | {seed} |")
             continue
         low, high = f["interval"]
         span = f" ({low:.2f}-{high:.2f})" if low is not None else ""
         psnr = "identical" if f["psnr_db"] is None else f"{f['psnr_db']:.1f}"
         compile_s = "-" if f["compile_s"] is None else f"{f['compile_s']:.1f}"
         lines.append(f"| {o['case']} | {f['verdict']} | {f['speedup']:.2f}x{span} | {f['baseline_s']:.3f} -> "
-                     f"{f['optimized_s']:.3f} | {f['optimized_peak_mb']:.0f} | {f['optimized_host_peak_mb']:.0f} | "
+                     f"{f['optimized_s']:.3f} | {f['optimized_peak_mb']:.0f} | {planned_cell(f.get('planned'))} | "
+                     f"{f['optimized_host_peak_mb']:.0f} | "
                      f"{f['load_s']:.1f} | {compile_s} | {f['work_fraction']:.0%} | {psnr} | "
                      f"{SEED_TABLE.get(o['case'], '')} |")
     lines += ["", f"Published for comparison: {PUBLISHED_H100}.", ""]

@@ -69,6 +69,19 @@ try:
             page.get_by_role("option", name="embedded-video · tiny CogVideoX, runs on CPU").click()
             page.wait_for_timeout(1500)
             page.locator(f"#{elem_id('run.model')}").screenshot(path=f"{out}/model-dropdown-{width}.png")
+            # will it fit? FLUX.1-dev on a 16 GB card
+            model.fill("black-forest-labs/FLUX.1-dev")
+            model.press("Enter")
+            page.wait_for_function("(id) => document.querySelector(`#${id} input`)?.value === '1024'",
+                                   arg=elem_id("run.width"), timeout=60000)
+            page.get_by_role("tab", name="Will it fit?").click()
+            card = page.locator("#plan-card input").first
+            card.click()
+            page.get_by_role("option", name="GeForce RTX 4080 16 GB (15.7 GiB)").click()
+            page.locator("#plan-status").get_by_text("combinations fit").wait_for(timeout=60000)
+            page.wait_for_timeout(1000)
+            page.locator("#technique-tabs").screenshot(path=f"{out}/will-it-fit-{width}.png")
+            page.get_by_role("tab", name="Model").click()
             # capabilities
             page.get_by_text("What this machine can run (and why not)").click()
             page.wait_for_timeout(800)

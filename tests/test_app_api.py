@@ -27,9 +27,9 @@ def client(server_url):
     return Client(server_url, verbose=False)
 
 
-def test_only_compare_sweep_and_tune_are_public(client):
+def test_only_compare_sweep_tune_and_plan_are_public(client):
     endpoints = client.view_api(return_format="dict", print_info=False)["named_endpoints"]
-    assert sorted(endpoints) == ["/compare", "/sweep", "/tune"]
+    assert sorted(endpoints) == ["/compare", "/plan", "/sweep", "/tune"]
     names = [p["parameter_name"] for p in endpoints["/compare"]["parameters"]]
     assert names[:7] == ["preset", "model", "prompt", "seed", "steps", "width", "height"]
 
@@ -118,3 +118,17 @@ def test_the_sweep_endpoint_refuses_a_bad_space_with_its_message(client):
     with pytest.raises(AppError, match="unknown field 'cache.treshold'"):
         client.predict('{"grid": {"cache.treshold": [0.1]}}', "", "embedded", 4, "0", "ssim_worst",
                        api_name="/sweep")
+
+
+def test_the_plan_endpoint_says_what_fits_a_card_before_anything_runs(client):
+    """FLUX.1-dev on a 24 GB card, from its published configs: as loaded in bf16 it does not fit, NF4 does."""
+    plan = client.predict("black-forest-labs/FLUX.1-dev", "rtx-4090", None, None, None, None, 50, api_name="/plan")
+    assert plan["card"]["name"] == "rtx-4090" and plan["run"]["width"] == 1024
+    assert 0 < plan["fitting"] < plan["combinations"] and len(plan["fits"]) == 50
+    assert all(option["fits"] and option["need_gib"] <= 23.99 for option in plan["fits"])
+    assert not any(option["fits"] for option in plan["closest_not_fitting"])
+    labels = [option["label"] for option in plan["fits"]]
+    assert "weights in bfloat16, no offload" not in labels
+    assert any(label.startswith("bitsandbytes NF4 (transformer, text_encoder_2)") for label in labels)
+    with pytest.raises(Exception, match="give a size"):
+        client.predict("embedded", "a toaster", None, None, None, None, 5, api_name="/plan")

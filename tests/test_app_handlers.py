@@ -597,8 +597,10 @@ def test_the_summary_plans_each_sides_gpu_memory_before_running():
 
 
 def test_a_side_that_cannot_fit_this_gpu_is_refused_before_loading(monkeypatch):
-    """On a 24 GB GPU, FLUX.1-dev with model offload alone is refused with the need, the card and what to try,
-    before anything loads; the same settings on an 80 GB GPU pass the check."""
+    """FLUX.1-dev, before anything loads: on a 24 GB GPU the baseline (the model as loaded, 31.4 GiB of weights)
+    is refused whatever the other side does, saying so; on a card just large enough for the baseline, an
+    optimized side that needs more (the math attention path's score matrix) is refused with what to try; on an
+    80 GB GPU both pass the check."""
     from dataclasses import replace
 
     from optim.config import parse_optim, parse_run
@@ -618,13 +620,15 @@ def test_a_side_that_cannot_fit_this_gpu_is_refused_before_loading(monkeypatch):
     loaded = []
     monkeypatch.setattr(run_panel, "compare", lambda *a, **k: loaded.append(a) or "compared")
     run = parse_run({"model": "black-forest-labs/FLUX.1-dev", "width": 1024, "height": 1024, "steps": 4})
-    preset = make_preset("offload", parse_optim({"offload": {"mode": "model_cpu"}}))
-    for memory, refused in ((23.99, True), (79.19, False)):
-        ctx = OnGpu(memory)
-        if refused:
-            with pytest.raises(ConfigError, match=r"will not fit: the optimized side needs about 2\d\.\d GiB .*"
-                                                  r"this GPU \(NVIDIA test\) has 24\.0: try "):
-                run_panel.execute(ctx, run, preset)
-            assert not loaded
-        else:
-            assert run_panel.execute(ctx, run, preset) == "compared"
+    offload = make_preset("offload", parse_optim({"offload": {"mode": "model_cpu"}}))
+    math = make_preset("math", parse_optim({"attention": {"backend": "_native_math"}}))
+    with pytest.raises(ConfigError, match=r"will not fit: the baseline side needs about 3\d\.\d GiB .*this GPU "
+                                          r"\(NVIDIA test\) has 24\.0; .* weights alone take 31\.\d GiB: compare on a "
+                                          r"larger GPU"):
+        run_panel.execute(OnGpu(23.99), run, offload)
+    with pytest.raises(ConfigError, match=r"will not fit: the optimized side needs about 35\.\d GiB .*has 35\.6: "
+                                          r"try \S+"):
+        run_panel.execute(OnGpu(35.6), run, math)
+    assert not loaded
+    for preset in (offload, math):
+        assert run_panel.execute(OnGpu(79.19), run, preset) == "compared"

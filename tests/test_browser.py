@@ -302,3 +302,55 @@ def test_what_the_user_typed_is_kept_or_refused_never_silently_changed(server_ur
         "(id) => (document.querySelector(`#${id} textarea`)?.value || '') !== 'my own prompt'",
         arg=elem_id("run.prompt"), timeout=30_000)
     assert input_value(page, "run.steps") == "4"
+
+
+def test_will_it_fit_lists_what_fits_loads_a_row_and_a_side_that_cannot_fit_is_refused(server_url, page, context,
+                                                                                         monkeypatch):
+    """This server, as if on a 24 GB GPU: FLUX.1-dev's summary says each side's planned memory and that the
+    baseline cannot fit; the "Will it fit?" tab lists what fits a 16 GB card and loads a row into the controls;
+    Run is refused with the reason before anything loads."""
+    from dataclasses import replace
+
+    from lab import run_panel
+    from lab.controls import elem_id
+
+    gpu = replace(context.capabilities.device, cuda=True, device="cuda", name="NVIDIA test", memory_gb=23.99)
+    monkeypatch.setattr(context, "capabilities", replace(context.capabilities, device=gpu))
+    compared = []
+    monkeypatch.setattr(run_panel, "compare", lambda *a, **k: compared.append(a))
+    page.goto(server_url, wait_until="domcontentloaded")
+    model = control(page, "run.model").locator("input").first
+    model.wait_for(timeout=60_000)
+    model.fill("black-forest-labs/FLUX.1-dev")
+    model.press("Enter")
+    page.wait_for_function("(id) => document.querySelector(`#${id} input`)?.value === '1024'",
+                           arg=elem_id("run.width"), timeout=60_000)
+    summary = page.locator("#settings-summary")
+    summary.get_by_text("compare on a larger GPU").wait_for(timeout=60_000)
+    text = summary.inner_text()
+    assert "GPU memory, planned for this GPU: baseline 33.2 GiB (does not fit)" in text, text
+    assert "Will be refused: each side needs about 35.3 GiB" in text  # nothing changed yet
+
+    page.get_by_role("tab", name="Will it fit?").click()
+    card = page.locator("#plan-card input").first
+    card.fill("16")
+    card.press("Enter")
+    status = page.locator("#plan-status")
+    status.get_by_text("combinations fit").wait_for(timeout=60_000)
+    assert "16 GB" in status.inner_text() and "does not fit" in status.inner_text()
+    first = page.locator("#plan-table").get_by_test_id("cell-0-1")
+    first.wait_for(timeout=30_000)
+    label = first.inner_text()
+    assert label.startswith("bitsandbytes NF4"), label
+    first.click()
+    page.get_by_text("into the settings").first.wait_for(timeout=30_000)
+    page.get_by_role("tab", name="Quantize").click()
+    page.wait_for_function("(id) => (document.querySelector(`#${id} input`)?.value || '').includes('4-bit')",
+                           arg=elem_id("quantization.backend"), timeout=30_000)
+    summary.get_by_text("bitsandbytes_4bit").first.wait_for(timeout=30_000)
+
+    page.locator("#run-button").click()
+    headline = page.locator("#headline")
+    headline.get_by_text("will not fit").wait_for(timeout=60_000)
+    assert "the baseline side needs about 35.3 GiB" in headline.inner_text()
+    assert not compared  # refused before anything loaded

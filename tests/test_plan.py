@@ -257,3 +257,39 @@ def test_predict_reads_one_sides_lab_settings():
         got = predict(run, parse_optim(settings), "rtx-4090")
         assert (got.need_bytes, got.fits, got.label) == (want.need_bytes, want.fits, want.label)
     assert not predict(run, parse_optim({}), "rtx-4090").fits
+
+
+def test_a_report_on_a_gpu_gives_each_sides_planned_peak_beside_the_measured_one():
+    """Every comparison on CUDA checks the planner: report.json's `planned` of each side holds the prediction, the
+    measured peak and the error between them, and the Details tab says it. The sides are measured here on the CPU
+    and the comparison is told it ran on a 24 GB GPU: the numbers are not a GPU's, the wiring is what is checked.
+    Off CUDA there is no `planned` (a CPU's RSS is not what the planner predicts)."""
+    from dataclasses import replace
+
+    from lab.text import details_markdown
+    from optim.config import OptimConfig, parse_run
+    from optim.engine import Comparison, prepare
+    from optim.measure import SideJob, run_side
+    from optim.plan import predict
+    from optim.presets import make_preset
+    from optim.report_model import Report
+
+    optim = parse_optim({"vae": {"tiling": True}})
+    ref, run = prepare(parse_run({"steps": 2, "warmup_runs": 1, "timed_runs": 1}), optim)
+    sides = [run_side(SideJob(side, ref, run, o)) for side, o in (("baseline", OptimConfig()), ("optimized", optim))]
+    on_cpu = Comparison.from_sides(run, make_preset("t", optim), *sides, environment={"device": "cpu"}).to_report()
+    assert "planned" not in on_cpu["baseline"] and "planned" not in on_cpu["optimized"]
+
+    on_gpu = replace(run, device="cuda")
+    environment = {"device": "cuda", "gpu_memory_gb": 23.99, "isolation": "process", "device_name": "test"}
+    report = Comparison.from_sides(on_gpu, make_preset("t", optim), *sides, environment=environment).to_report()
+    for side, result, settings in zip(("baseline", "optimized"), sides, (OptimConfig(), optim)):
+        planned = report[side]["planned"]
+        expected = predict(on_gpu, settings, "24").peak_bytes / 2**20
+        assert planned["predicted_peak_mb"] == pytest.approx(expected, abs=0.1)
+        assert planned["measured_peak_mb"] == pytest.approx(result.peak_memory_mb, abs=0.1)
+        assert planned["error"] == pytest.approx(expected / result.peak_memory_mb - 1, abs=1e-3)
+        assert planned["fits"] is True
+    text = details_markdown(Report.model_validate(report))
+    assert "### GPU memory: planned and measured" in text and "baseline planned 0." in text
+    assert "optimized planned" in text and "measured" in text

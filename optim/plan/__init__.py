@@ -24,7 +24,7 @@ within a class, the storage that costs least to dequantize first, then the small
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from functools import lru_cache
 from typing import Any
 
@@ -396,18 +396,26 @@ class SidesFit:
     suggestion: str | None  # the fastest combination that fits, for a side that does not
 
     def refusal(self) -> str | None:
-        """A message naming the side that cannot fit and what to try; None when both fit."""
+        """A message naming the side that cannot fit and what to try; None when both fit. The baseline first: it
+        is the model as loaded, and no optimization of the other side makes it fit."""
         need = lambda o: o.need_bytes * (1 + ALLOCATOR_SHARE) + CONTEXT_BYTES  # noqa: E731
         where = self.card.note or self.card.name
-        same = self.baseline.settings == self.optimized.settings
-        for side, option in (("optimized", self.optimized), ("baseline", self.baseline)):
-            if not option.fits:
-                side = "each" if same else side
-                hint = (f": try {self.suggestion}" if side != "baseline" and self.suggestion else
-                        ": the baseline is the model as loaded and must run too; lower the resolution or the frames"
-                        if side == "baseline" else "")
-                return (f"the {side} side needs about {need(option) / GIB:.1f} GiB of GPU memory (with the CUDA "
-                        f"context and the allocator's margin), {where} has {self.card.memory_gib:.1f}{hint}")
+        has = f"{where} has {self.card.memory_gib:.1f}"
+        baseline = self.baseline
+        if not baseline.fits:
+            side = "each side needs" if baseline.settings == self.optimized.settings else "the baseline side needs"
+            if need(replace(baseline, peak_bytes=baseline.after_load_bytes)) > self.card.memory_bytes:
+                hint = (f"the baseline is the model as loaded, and its weights alone take "
+                        f"{baseline.after_load_bytes / GIB:.1f} GiB: compare on a larger GPU (the Will it fit? tab "
+                        "lists what fits this one)")
+            else:
+                hint = "the baseline is the model as loaded and must run too: lower the resolution or the frames"
+            return (f"{side} about {need(baseline) / GIB:.1f} GiB of GPU memory (with the CUDA context and the "
+                    f"allocator's margin), {has}; {hint}")
+        if not self.optimized.fits:
+            hint = f": try {self.suggestion}" if self.suggestion else ""
+            return (f"the optimized side needs about {need(self.optimized) / GIB:.1f} GiB of GPU memory (with the "
+                    f"CUDA context and the allocator's margin), {has}{hint}")
         return None
 
 
