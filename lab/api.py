@@ -147,11 +147,9 @@ def wire_api(ctx: ServerContext, panel: ApiPanel) -> None:
             width: image width (a multiple of 16); empty for the model's default
             height: image height (a multiple of 16); empty for the model's default
             guidance_scale: guidance strength; empty for the model's default
-            timed_runs: timed runs per side, taken in turns with the other side: "auto" (until the speedup is
-                known to about ±5%, or 60 s of runs) or a whole number
+            timed_runs: runs per side, in turns: "auto" (until the speedup is known to ±5%, at most 60 s) or a number
         Returns:
-            report: the comparison, the same JSON as the command line's report.json: speedup with its 95%
-                interval and verdict, quality, both sides (schema: docs/report.schema.json)
+            report: report.json: the speedup with its 95% interval and verdict, quality, both sides
             baseline: the baseline image (lossless PNG)
             optimized: the optimized image (lossless PNG)
             diff: the difference heatmap (lossless PNG; report.quality.heatmap_scale levels = white)
@@ -173,22 +171,20 @@ def wire_plan_endpoint() -> None:
              top: float = 10) -> dict:
         """Will it fit my GPU? Predict the GPU memory of every combination of weight storage (quantization per
         component, layerwise casting), offload and VAE tiling for a model, from its published configs, before
-        anything runs; rank those that fit a card by expected speed.
+        anything runs; rank those that fit a card by expected speed. Each combination comes with its settings
+        (loadable as a preset's optim section), its GPU need with the CUDA context and allocator margin, its
+        peak, its host memory and the reason.
 
         Parameters:
             model: "embedded", a Hugging Face Hub model id (e.g. "black-forest-labs/FLUX.1-dev") or tiny:...
-            gpu: a known card (rtx-3060, rtx-4080, rtx-4090, l4, a100-40, a100-80, h100, h200, zerogpu) or its
-                memory in GB ("16", "12GB")
+            gpu: a card (rtx-3060, rtx-4080, rtx-4090, l4, a100-40, a100-80, h100, h200, zerogpu) or GB ("16")
             width: image width; empty for the model's default
             height: image height; empty for the model's default
             steps: denoising steps; empty for the model's default
             num_frames: frames of a video model; empty for the model's default
             top: how many fitting combinations to return (1-50)
         Returns:
-            plan: the card, the run planned, each component's weights (GiB) under each storage, how many of the
-                combinations fit, the `top` that fit (fastest expected first: settings loadable as a preset's
-                optim section, GPU need with the CUDA context and allocator margin, peak, host memory, reason)
-                and the three closest that do not
+            plan: the card, the run, each component's weights (GiB) per storage, the `top` fits, the 3 closest misses
         """
         try:
             return plan_report(model, gpu, width=_given(width), height=_given(height), steps=_given(steps),
@@ -261,8 +257,7 @@ def wire_sweep_endpoints(ctx: ServerContext) -> None:
             seeds: comma-separated seeds, each used with every prompt
             quality: the quality axis of the Pareto front (ssim_worst, ssim_mean, psnr_worst, psnr_mean, adherence)
         Returns:
-            sweep: sweep.json: every point's row (speedup with interval, work, peak memory, quality mean and worst
-                per metric, per prompt) and the ids of the Pareto front
+            sweep: sweep.json: every point's row (speedup and interval, work, memory, quality) and the Pareto front
         """
         try:
             chosen_space, run, prompt_set, seed_list = prepare(space, prompts, model, steps, seeds)
@@ -304,10 +299,11 @@ def wire_sweep_endpoints(ctx: ServerContext) -> None:
             raise user_error(error, for_page=False) from None
 
     with gr.Column(visible=False):
-        sweep_inputs = [gr.Textbox(label="space"), gr.Textbox(label="prompts"),
+        sweep_inputs = [gr.Textbox(label="space"), gr.Textbox("", label="prompts"),
                         gr.Textbox(EMBEDDED_MODEL, label="model"), gr.Number(None, label="steps", precision=0),
                         gr.Textbox("0", label="seeds"), gr.Textbox("ssim_worst", label="quality")]
-        tune_inputs = [gr.Textbox(label="floor"), gr.Textbox("tune-caches", label="space"), gr.Textbox(label="prompts"),
+        tune_inputs = [gr.Textbox(label="floor"), gr.Textbox("tune-caches", label="space"),
+                       gr.Textbox("", label="prompts"),
                        gr.Textbox(EMBEDDED_MODEL, label="model"), gr.Number(None, label="steps", precision=0),
                        gr.Textbox("0", label="seeds"), gr.Textbox("5m", label="budget")]
         sweep_out, tune_out = gr.JSON(label="sweep"), gr.JSON(label="result")

@@ -2,7 +2,9 @@
 
     python app.py          # or: optim-lab (the console script)
 
-GRADIO_SERVER_NAME and GRADIO_SERVER_PORT choose where it listens (0.0.0.0:7860 by default).
+GRADIO_SERVER_NAME and GRADIO_SERVER_PORT choose where it listens (0.0.0.0:7860 by default). The public API
+(compare, sweep, tune, plan) is also an MCP server at /gradio_api/mcp/ (streamable HTTP; SSE at /gradio_api/mcp/sse),
+on by default; OPTIM_MCP=0 turns it off (`lab.mcp_server`).
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ def main() -> None:
     log_to_terminal()
     from lab.context import ServerContext
     from lab.layout import LAUNCH_KWARGS, build_demo
+    from lab.mcp_server import mcp_launch_kwargs, name_tools_after_endpoints
     from optim.launch import launcher
 
     ctx = ServerContext.create(spaces=sys.modules.get("spaces"))
@@ -47,13 +50,16 @@ def main() -> None:
     else:
         launcher.prestart()  # spare worker processes import torch while the page loads
     demo = build_demo(ctx)
+    mcp = mcp_launch_kwargs()
+    if mcp["mcp_server"]:
+        name_tools_after_endpoints(demo)  # the MCP tools are named as the API's endpoints are
     # A stop request (SIGTERM: a Space restarting, `docker stop`, a test) exits like Ctrl-C does, so the cleanup
     # below runs: this server's report folder, the worker processes.
     signal.signal(signal.SIGTERM, lambda _signum, _frame: sys.exit(0))
     announce_port(int(os.environ.get("GRADIO_SERVER_PORT") or 7860))
     try:
         # server_port=None: Gradio reads GRADIO_SERVER_PORT, else 7860.
-        demo.launch(server_name=os.environ.get("GRADIO_SERVER_NAME", "0.0.0.0"), **LAUNCH_KWARGS)
+        demo.launch(server_name=os.environ.get("GRADIO_SERVER_NAME", "0.0.0.0"), **LAUNCH_KWARGS, **mcp)
     finally:
         ctx.close()
         launcher.stop()
