@@ -16,7 +16,9 @@ What ZeroGPU does (spaces 0.51, `spaces/zero/wrappers.py`), and what this module
   timed runs and the compile (cold or warm). OPTIM_ZEROGPU_MAX_DURATION (seconds, default 120) bounds it: a
   request estimated over it is refused before the GPU function is called, naming the estimate, the bound and
   what to lower (`check_duration`), so it costs the user no quota and is not cut off halfway.
-* Just-in-time torch.compile is not supported there (`optim.capabilities` marks it unavailable).
+* Just-in-time torch.compile is not supported there (`optim.capabilities` marks it unavailable); compile mode
+  `aot` is: it builds inside this GPU function with `spaces.aoti_capture` and `spaces.aoti_compile` (the one place
+  is `optim.techniques.aot.spaces_toolchain`), and the package, on the Space's disk, is loaded by later calls.
 """
 
 from __future__ import annotations

@@ -370,15 +370,51 @@ def quanto_weights(info: DeviceInfo) -> tuple[Option, ...]:
 
 def compile_modes(info: DeviceInfo) -> tuple[Option, ...]:
     jit = just_in_time_compile_reason(info)
+    aot = aot_compile_reason(info)
     facts = C.facts(C.CompileConfig, "mode")
-    return tuple(Option(mode, mode == "off" or jit is None, None if mode == "off" else jit,
-                        label=facts.labels.get(mode)) for mode in _choices(C.CompileConfig, "mode"))
+    reasons = {mode: None if mode == "off" else aot if mode == "aot" else jit
+               for mode in _choices(C.CompileConfig, "mode")}
+    return tuple(Option(mode, reason is None, reason, label=facts.labels.get(mode)) for mode, reason in reasons.items())
 
 
 def inductor_modes(info: DeviceInfo) -> tuple[Option, ...]:
     jit = just_in_time_compile_reason(info)
-    return tuple(Option(o.value, o.available and jit is None, jit or o.reason)
-                 for o in _generic("compile.inductor_mode", C.CompileConfig, "inductor_mode", info))
+    aot = aot_compile_reason(info)
+    out = []
+    for o in _generic("compile.inductor_mode", C.CompileConfig, "inductor_mode", info):
+        if info.zero_gpu and o.value in ("default", "max-autotune-no-cudagraphs") and aot is None:
+            # ahead of time only (no CUDA graphs in AOTInductor packages)
+            out.append(Option(o.value, o.available, o.reason, note="ZeroGPU: with compile mode 'aot' only"))
+        else:
+            out.append(Option(o.value, o.available and jit is None, jit or o.reason))
+    return tuple(out)
+
+
+def aot_compile_reason(info: DeviceInfo) -> str | None:
+    """Why compile mode `aot` (torch.export + AOTInductor) cannot run here. It works on ZeroGPU: it compiles
+    ahead of time into a package (`optim.techniques.aot`), the way ZeroGPU supports."""
+    if not info.cuda and not info.compiler:
+        return "AOTInductor on CPU compiles C++: it needs a C compiler (gcc), which is not installed"
+    return None
+
+
+def spaces_aoti() -> Any | None:
+    """The `spaces` module where its AoT helpers are to be used (`optim.techniques.aot.spaces_toolchain`): on a
+    ZeroGPU Space, when `spaces` imports and has `aoti_capture`, `aoti_compile` and `aoti_apply`. Else None (the
+    same torch calls are used)."""
+    import sys
+
+    if not on_zero_gpu():
+        return None
+    spaces = sys.modules.get("spaces")
+    if spaces is None and installed("spaces"):
+        try:
+            import spaces
+        except Exception:  # noqa: BLE001 - a broken install means the torch calls, not a failed run
+            return None
+    if spaces is None or not all(hasattr(spaces, name) for name in ("aoti_capture", "aoti_compile", "aoti_apply")):
+        return None
+    return spaces
 
 
 def just_in_time_compile_reason(info: DeviceInfo) -> str | None:

@@ -148,6 +148,8 @@ def check(optim: C.OptimConfig, run: ResolvedRun, model: ModelInfo) -> None:
             "sequential CPU offload moves every layer's weights on each call, which torch.compile cannot trace; "
             "use offload mode 'model_cpu' or 'group' with compile, or turn compile off"
         )
+    if optim.compile.mode == "aot":
+        _check_aot(optim)
     breaks = needs_graph_breaks(optim)
     if optim.compile.mode != "off" and optim.compile.fullgraph and breaks:
         raise IncompatibleError(
@@ -226,6 +228,36 @@ def _check_family(optim: C.OptimConfig, run: ResolvedRun, model: ModelInfo) -> N
     if optim.compile.mode == "regional" and not support["compile.regional"].supported:
         raise IncompatibleError(f"compile mode 'regional' cannot work on {name}: "
                                 f"{support['compile.regional'].reason}")
+
+
+def _check_aot(optim: C.OptimConfig) -> None:
+    """What compile mode 'aot' (torch.export of each block once, on its first call; `optim.techniques.aot`) cannot
+    be combined with. Measured by running each pair on the embedded model (tests/test_aot.py keeps the refusals)."""
+    instead = "use compile mode 'regional' (just-in-time compile, which handles it)"
+    method = optim.cache.method
+    if method != "none":
+        raise IncompatibleError(
+            f"compile mode 'aot' cannot work with the {method} cache: a cache decides at every step, in Python "
+            "hooks, whether to compute, and torch.export traces those hooks once, on the first call (measured: "
+            "MagCache and TaylorSeer then never skipped a step while their work count said they did; PAB and "
+            f"FasterCache fail to export, on a data-dependent branch). Turn the cache off, or {instead}")
+    mode = optim.offload.mode
+    if mode != "none":
+        raise IncompatibleError(
+            f"compile mode 'aot' cannot work with {mode} offload: offload hooks move the weights around every call, "
+            "while an AoT package is bound once to each block's weights where they are (measured: group offload "
+            f"fails to export, block and leaf level). Turn offload off, or {instead}")
+    quant = optim.quantization
+    if isinstance(quant, C.LayerwiseCasting) and "transformer" in quant.components:
+        raise IncompatibleError(
+            "compile mode 'aot' cannot work with layerwise casting on the transformer: its hooks cast each layer's "
+            "weights in place around every call, which torch.export cannot trace (measured: \"_apply(): Couldn't "
+            f"swap Linear.weight\"). Cast only other components, or {instead}")
+    if isinstance(quant, C.Quanto) and "transformer" in quant.components:
+        raise IncompatibleError(
+            "compile mode 'aot' cannot bind quanto-quantized weights to a package: torch exports them as their inner "
+            "tensors, and unwrapping quanto's parameters the same way fails (\"'Parameter' object has no attribute "
+            f"'__tensor_flatten__'\"). Use torchao (its int8 weights work with 'aot'), or {instead}")
 
 
 def _check_steps_mask(cache: C.CacheDitStepsMask, steps: int) -> None:

@@ -329,13 +329,19 @@ class VaeConfig(Settings):
 
 
 class CompileConfig(Settings):
-    """torch.compile of the transformer. `regional` compiles the repeated blocks only (much shorter compile)."""
+    """torch.compile of the transformer. `regional` compiles the repeated blocks only (much shorter compile);
+    `aot` compiles them ahead of time (torch.export + AOTInductor) into packages kept on disk
+    (`optim.techniques.aot`)."""
 
-    mode: Literal["off", "regional", "full"] = Field("off", **info(
+    mode: Literal["off", "regional", "full", "aot"] = Field("off", **info(
         "torch.compile", "Fuse the transformer's kernels: faster steady state after a one-off compile (reported "
         "apart). regional compiles one block and reuses it for every block (short compile, most of the speed); "
-        "full compiles the whole transformer.",
-        labels={"off": "off", "regional": "regional (repeated blocks)", "full": "full transformer"}))
+        "full compiles the whole transformer; aot exports the repeated block (or the whole transformer) with "
+        "torch.export, compiles it with AOTInductor into a package cached on disk (built once per model, shape "
+        "and machine, then only loaded) and runs every block through it with its own weights. aot also works "
+        "on ZeroGPU, where just-in-time compile does not.",
+        labels={"off": "off", "regional": "regional (repeated blocks)", "full": "full transformer",
+                "aot": "ahead of time (AOTInductor, cached on disk)"}))
     inductor_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = Field(
         "default", **info(
             "Inductor mode", "max-autotune searches for the fastest kernels (long compile); reduce-overhead and "
@@ -368,7 +374,19 @@ class CompileConfig(Settings):
                 if getattr(self, name) != defaults[name].default
             ]
             if changed:
-                raise ValueError(f"{_only(changed)} when compile mode is 'regional' or 'full'")
+                raise ValueError(f"{_only(changed)} when compile mode is 'regional' or 'full' (or 'aot')")
+        if self.mode == "aot":
+            # torch.export captures one whole graph for one set of input shapes; AOTInductor records no CUDA graphs.
+            if self.fullgraph is False:
+                raise ValueError("compile fullgraph false has no meaning with mode 'aot': torch.export always "
+                                 "captures one whole graph (leave fullgraph unset)")
+            if self.dynamic:
+                raise ValueError("compile dynamic true is not supported with mode 'aot': it builds one package per "
+                                 "input shape (a new size builds or loads another); leave dynamic unset")
+            if self.inductor_mode in ("reduce-overhead", "max-autotune"):
+                raise ValueError(f"compile inductor_mode {self.inductor_mode!r} records CUDA graphs, which "
+                                 "AOTInductor packages do not; with mode 'aot' use 'default' or "
+                                 "'max-autotune-no-cudagraphs'")
         return self
 
 

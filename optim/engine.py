@@ -123,7 +123,7 @@ class Comparison:
             self.optimized, work_fraction=self.work_fraction, work_per_step=self.work_per_step
         )
         optimized["quantization"] = self.quantized_sizes()
-        for key in ("mag_ratios",):
+        for key in ("mag_ratios", "aot"):  # (aot: compile mode 'aot', each package built or loaded)
             if key in self.optimized.details:
                 optimized[key] = self.optimized.details[key]
         if self.optimized.details.get("cache_dit"):

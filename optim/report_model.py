@@ -78,6 +78,32 @@ class PlannedMemory(_Data):
     combination: str = Field(description="the combination planned, in the planner's words")
 
 
+class AotPackage(_Data):
+    """One AoT package (compile mode 'aot'): a compiled class at one input signature."""
+
+    target: str = Field(description="the class compiled: a repeated block, or the transformer")
+    key: str = Field(description="the package's folder in the cache: the class and the digest of its key")
+    inputs: str = Field(description="the input shapes it was exported for")
+    status: str = Field(description="built (cold: exported and compiled) or loaded (from the disk cache)")
+    export_s: float = Field(description="torch.export of the module on the captured call")
+    build_s: float | None = Field(None, description="AOTInductor compile and packaging (built only)")
+    load_s: float = Field(description="loading the package and binding each module's own weights, all modules")
+    modules: int = Field(description="modules running this package, each with its own weights")
+    toolchain: str = Field(description="torch, or spaces (ZeroGPU's helpers)")
+
+
+class AotReport(_Data):
+    """Compile mode 'aot': whether the packages were built (cold) or loaded, and what each took."""
+
+    status: str | None = Field(description="built, loaded, or built and loaded (some of each)")
+    build_s: float = Field(description="AOTInductor build time, all packages (0 when every one was loaded)")
+    load_s: float = Field(description="package load and weight binding time, all packages and modules")
+    export_s: float = Field(description="torch.export time, all packages (made for the cache key, built or not)")
+    cache_dir: str
+    toolchain: str = Field(description="torch, or spaces (ZeroGPU's helpers)")
+    packages: list[AotPackage]
+
+
 class SideReport(_Data):
     latency_s: LatencyStats = Field(description="wall time of the timed runs")
     time_s: LatencyStats = Field(description="the time the ratio is taken from (timing.estimator)")
@@ -105,6 +131,8 @@ class SideReport(_Data):
     mag_ratios: list[float] | None = None
     cache_dit: CacheDitStats | None = Field(
         None, description="cache-dit's own statistics of the first item's run, checked against the lab's count")
+    aot: AotReport | None = Field(
+        None, description="compile mode 'aot': each package built (with its build time) or loaded (its load time)")
     planned: PlannedMemory | None = Field(
         None, description="on CUDA: the memory planner's prediction for this side beside its measured peak")
 

@@ -1,5 +1,6 @@
-"""torch.compile of the transformer: regional (`compile_repeated_blocks`, one compile reused by every block) or
-full (`transformer.compile()`), plus channels_last and the dynamo settings the seed recommends.
+"""torch.compile of the transformer: regional (`compile_repeated_blocks`, one compile reused by every block),
+full (`transformer.compile()`) or ahead of time (`aot`: torch.export + AOTInductor, packages cached on disk,
+`optim.techniques.aot`), plus channels_last and the dynamo settings the seed recommends.
 
 Compile is applied last and after the eager probe run (see `optim.measure`). Cold compile time is honest only
 with an empty inductor cache, so each side that compiles gets a fresh `TORCHINDUCTOR_CACHE_DIR`.
@@ -14,6 +15,7 @@ from typing import Any
 from optim import scratch
 from optim.config import CompileConfig
 from optim.techniques import Applied
+from optim.techniques.aot import apply_aot
 
 
 def fresh_inductor_cache(applied: Applied) -> str:
@@ -156,9 +158,15 @@ def apply_compile(
     if compile_config.mode == "off":
         return
     cold = cold_compile()
+    applied.details["compile_cold"] = cold
+    if compile_config.mode == "aot":
+        # Packages are kept in their own disk cache; a build gets a fresh inductor cache of its own when cold (an
+        # honest cold build), a load the usual one (loading a package probes the CPU's vector ISA by compiling test
+        # programs, which that cache keeps: seconds otherwise). The report says which were built, which loaded.
+        apply_aot(pipe, compile_config.inductor_mode, applied, cold=cold)
+        return
     if cold:
         fresh_inductor_cache(applied)
-    applied.details["compile_cold"] = cold
     kwargs: dict[str, Any] = {"fullgraph": fullgraph, "dynamic": compile_config.dynamic}
     if compile_config.inductor_mode != "default":
         kwargs["mode"] = compile_config.inductor_mode
