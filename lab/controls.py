@@ -350,7 +350,12 @@ def build_settings(ctx: ServerContext, defaults: dict[str, Any]) -> SettingsPane
 
         with gr.Tab("Compile", id="tab-compile"):
             unavailable = ctx.capabilities.reason("compile.mode", "regional")
-            if unavailable:
+            aot = ctx.capabilities.reason("compile.mode", "aot")
+            if unavailable and aot is None:  # ZeroGPU: just-in-time compile is not supported, ahead of time is
+                gr.Markdown(f"**Just-in-time compile is unavailable here:** {escape(unavailable)}. "
+                            "Ahead of time (`aot`) works: its package is built once per size, then loaded.",
+                            elem_classes="lab-note warn")
+            elif unavailable:
                 gr.Markdown(f"**Unavailable here:** {escape(unavailable)}", elem_classes="lab-note warn")
             compile_ = lambda name: make_field_controls(ctx, defaults, "compile", C.CompileConfig, name, controls)  # noqa: E731
             compile_("mode")

@@ -210,3 +210,15 @@ def test_the_bound_comes_from_the_environment():
     for bad in ("soon", "5"):
         with pytest.raises(ConfigError, match="OPTIM_ZEROGPU_MAX_DURATION"):
             max_duration({"OPTIM_ZEROGPU_MAX_DURATION": bad})
+
+
+def test_on_zerogpu_ahead_of_time_compile_is_offered_where_just_in_time_is_not(zero_gpu):
+    """The Compile tab says which: just-in-time modes are unavailable with their reason, `aot` works."""
+    from lab.layout import build_demo
+
+    ctx, _ = zero_gpu
+    assert ctx.capabilities.reason("compile.mode", "regional") and ctx.capabilities.reason("compile.mode", "aot") is None
+    demo = build_demo(ctx)
+    notes = [str(block.value) for block in demo.blocks.values() if isinstance(block, gr.Markdown)]
+    assert any(note.startswith("**Just-in-time compile is unavailable here:**") and "(`aot`) works" in note
+               for note in notes), notes
