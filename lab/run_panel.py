@@ -76,7 +76,9 @@ def execute(ctx: ServerContext, run: RunSpec, preset: Preset, *, progress: Any =
     """Check the request against this server's limits, then compare (on ZeroGPU inside @spaces.GPU)."""
     check_run(run, ctx.limits)
     ctx.resolve(run.model)
-    if ctx.cuda and run.device != "cpu":  # a side that cannot fit this GPU is refused before anything loads
+    # A side that cannot fit this GPU (on ZeroGPU: the one it lends) is refused before anything loads or any
+    # GPU quota is spent.
+    if (ctx.cuda or ctx.zero_gpu) and run.device != "cpu":
         fit = fit_check(ctx, preset, run, suggest=True)
         refusal = fit.refusal() if fit is not None else None
         if refusal:

@@ -98,7 +98,7 @@ def settings_summary(ctx: ServerContext, values: dict[str, Any]) -> str:
         fit = fit_check(ctx, preset, run)
         if fit is not None:
             lines.append(memory_line(ctx, fit))
-            if ctx.cuda and run.device != "cpu":
+            if (ctx.cuda or ctx.zero_gpu) and run.device != "cpu":
                 problem = fit.refusal()
     except OptimError as error:
         problem = str(error)
@@ -112,13 +112,18 @@ def settings_summary(ctx: ServerContext, values: dict[str, Any]) -> str:
 
 
 def planning_card(ctx: ServerContext) -> tuple[Any, str]:
-    """The card the planner predicts for: this machine's GPU, else the one `OPTIM_PLAN_GPU` names (RTX 4090)."""
+    """The card the planner predicts for: this machine's GPU, on ZeroGPU the one it lends, else the one
+    `OPTIM_PLAN_GPU` names (RTX 4090)."""
     import os
 
     from optim.plan.cards import Card, parse_card
 
     if ctx.cuda and ctx.device.memory_gb:
         return Card("this-gpu", ctx.device.memory_gb, f"this GPU ({ctx.device.name})"), "this GPU"
+    if ctx.zero_gpu:  # no GPU in this process: the one `@spaces.GPU` lends (`lab.zerogpu`: the default size)
+        from optim.plan.cards import CARDS
+
+        return CARDS["zerogpu"], "this Space's ZeroGPU GPU (large: half an RTX Pro 6000, 48 GB)"
     card = parse_card(os.environ.get("OPTIM_PLAN_GPU", "rtx-4090"))
     return card, f"{card.note or card.name} (no GPU here; OPTIM_PLAN_GPU names another card)"
 

@@ -222,3 +222,27 @@ def test_on_zerogpu_ahead_of_time_compile_is_offered_where_just_in_time_is_not(z
     notes = [str(block.value) for block in demo.blocks.values() if isinstance(block, gr.Markdown)]
     assert any(note.startswith("**Just-in-time compile is unavailable here:**") and "(`aot`) works" in note
                for note in notes), notes
+
+
+def test_a_side_that_cannot_fit_the_lent_gpu_is_refused_before_the_gpu_function_runs(zero_gpu):
+    """The planner's card on ZeroGPU is the GPU it lends (large: half an RTX Pro 6000, 48 GB): the summary plans
+    for it, and a model that cannot fit (Qwen-Image: 56 GiB of bf16 weights) is refused before any quota is spent,
+    saying why; FLUX.1-dev (33 GiB) passes the check."""
+    from lab import fields, text
+    from optim.errors import OptimError
+
+    ctx, spaces = zero_gpu
+    card, where = text.planning_card(ctx)
+    assert card.name == "zerogpu" and card.memory_gib == pytest.approx(47.79) and "ZeroGPU" in where
+    values = _values(ctx, "first-block-cache", **{"run.model": "Qwen/Qwen-Image", "run.steps": 4,
+                                                  "run.width": 1024, "run.height": 1024, "run.timed_runs": 1})
+    summary = text.settings_summary(ctx, values)
+    assert "ZeroGPU GPU (large: half an RTX Pro 6000, 48 GB)" in summary
+    assert "Will be refused:</b> the baseline side needs about 5" in summary and "weights alone take" in summary
+    preset, run = fields.settings_from_values(values, ctx.shipped)
+    with pytest.raises(OptimError, match=r"will not fit: the baseline side needs about 5\d\.\d GiB .* has 47\.8; "):
+        run_panel.execute(ctx, run, preset)
+    assert spaces.calls == 0
+    flux = _values(ctx, "first-block-cache", **{"run.model": "black-forest-labs/FLUX.1-dev", "run.steps": 4,
+                                                "run.width": 1024, "run.height": 1024})
+    assert "Will be refused" not in text.settings_summary(ctx, flux)

@@ -394,6 +394,7 @@ class SidesFit:
     baseline: Option
     optimized: Option
     suggestion: str | None  # the fastest combination that fits, for a side that does not
+    identical: bool = False  # the optimized side changes nothing: both sides are the baseline
 
     def refusal(self) -> str | None:
         """A message naming the side that cannot fit and what to try; None when both fit. The baseline first: it
@@ -403,7 +404,7 @@ class SidesFit:
         has = f"{where} has {self.card.memory_gib:.1f}"
         baseline = self.baseline
         if not baseline.fits:
-            side = "each side needs" if baseline.settings == self.optimized.settings else "the baseline side needs"
+            side = "each side needs" if self.identical else "the baseline side needs"
             if need(replace(baseline, peak_bytes=baseline.after_load_bytes)) > self.card.memory_bytes:
                 hint = (f"the baseline is the model as loaded, and its weights alone take "
                         f"{baseline.after_load_bytes / GIB:.1f} GiB: compare on a larger GPU (the Will it fit? tab "
@@ -433,4 +434,4 @@ def predict_sides(run: Any, optim: Any, gpu: str | Card, *, suggest: bool = True
                     max_sequence_length=run.max_sequence_length, dtype=dtype, guidance_scale=run.guidance_scale,
                     attention=optim.attention.backend, cache=optim.cache).fits
         suggestion = fits[0].label if fits else None
-    return SidesFit(card, baseline, optimized, suggestion)
+    return SidesFit(card, baseline, optimized, suggestion, identical=optim == OptimConfig())

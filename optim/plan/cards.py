@@ -1,7 +1,10 @@
 """The GPUs the planner knows by name, and how much of their memory a generation may use.
 
 Sizes are what each card reports to CUDA (`torch.cuda.mem_get_info`'s total), in GiB: a "24 GB" RTX 4090 has
-23.99 GiB, an "80 GB" H100 79.19. A ZeroGPU slice is half an H200 (its documented 70 GB, taken as GiB here).
+23.99 GiB, an "80 GB" H100 79.19. ZeroGPU (https://huggingface.co/docs/hub/spaces-zerogpu, hub-docs as of
+2026-08-22) lends a half NVIDIA RTX Pro 6000 Blackwell, 48 GB, by default (`large`) and a whole one, 96 GB, with
+`@spaces.GPU(size="xlarge")`: the whole card reports 97887 MiB (95.6 GiB), the half is taken as half of it;
+before that it lent a 70 GB slice of an H200 (`zerogpu-h200`).
 A plain number is a size in GiB ("24", "16GB", "16 GiB").
 """
 
@@ -35,7 +38,9 @@ CARDS = {
     "a100-80": Card("a100-80", 79.15, "A100 80 GB"),
     "h100": Card("h100", 79.19, "H100 80 GB"),
     "h200": Card("h200", 139.8, "H200 141 GB"),
-    "zerogpu": Card("zerogpu", 70.0, "a ZeroGPU slice of an H200 (70 GB)"),
+    "zerogpu": Card("zerogpu", 47.79, "ZeroGPU large: half an RTX Pro 6000 Blackwell (48 GB)"),
+    "zerogpu-xlarge": Card("zerogpu-xlarge", 95.59, "ZeroGPU xlarge: an RTX Pro 6000 Blackwell (96 GB)"),
+    "zerogpu-h200": Card("zerogpu-h200", 70.0, "ZeroGPU before 2026: a slice of an H200 (70 GB)"),
 }
 
 
