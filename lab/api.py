@@ -172,8 +172,8 @@ def wire_plan_endpoint() -> None:
         """Will it fit my GPU? Predict the GPU memory of every combination of weight storage (quantization per
         component, layerwise casting), offload and VAE tiling for a model, from its published configs, before
         anything runs; rank those that fit a card by expected speed. Each combination comes with its settings
-        (loadable as a preset's optim section), its GPU need with the CUDA context and allocator margin, its
-        peak, its host memory and the reason.
+        (loadable as a preset's optim section), its GPU need (the most held at once, loading included; the card
+        must also hold 0.5 GiB of CUDA context and 5% for the allocator), its peak, its host memory and the reason.
 
         Parameters:
             model: "embedded", a Hugging Face Hub model id (e.g. "black-forest-labs/FLUX.1-dev") or tiny:...

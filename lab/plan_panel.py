@@ -14,7 +14,7 @@ import gradio as gr
 
 from lab import fields
 from lab.context import ServerContext
-from lab.text import escape, log
+from lab.text import escape, log, planning_card, size_text
 from optim.config import parse_optim
 from optim.errors import ConfigError, OptimError
 from optim.plan import SPEED_WHY
@@ -45,23 +45,10 @@ def card_choices(ctx: ServerContext) -> list[tuple[str, str]]:
 
 def chosen_card(ctx: ServerContext, text: str | None) -> Card:
     """The card picked (a known name, a size such as 16 or 12GB, or this GPU)."""
-    from lab.text import planning_card
-
     text = (text or "").strip()
     if not text or text == THIS_GPU:
         return planning_card(ctx)[0]
     return parse_card(text)
-
-
-def with_margin(option: Any) -> float:
-    """What a combination needs of the card: its peak, the allocator's margin and the CUDA context."""
-    from optim.plan import ALLOCATOR_SHARE, CONTEXT_BYTES
-
-    return option.need_bytes * (1 + ALLOCATOR_SHARE) + CONTEXT_BYTES
-
-
-def _gib(value: float) -> str:
-    return f"{value / GIB:.1f} GiB" if value >= GIB / 10 else f"{value / 2**20:.0f} MB"
 
 
 def plan_for(ctx: ServerContext, values: dict[str, Any], card_text: str | None) -> Any:
@@ -87,14 +74,14 @@ def list_fits(ctx: ServerContext, values: dict[str, Any], card_text: str | None)
         return [f"<span class='bad'>The plan could not be made ({escape(type(error).__name__)}: "
                 f"{escape(str(error))})</span>", [], []]
     fits = result.fits[:SHOWN]
-    closest = sorted((o for o in result.options if not o.fits), key=lambda o: (o.speed_class, o.need_bytes))[:3]
+    closest = result.closest_misses()
     card, run = result.card, result.run
 
     def row(mark: str, option: Any) -> list[str]:
-        spare = card.memory_bytes - with_margin(option)
+        spare = card.memory_bytes - option.card_bytes
         at = f"peak in {option.peak_phase}" if option.peak_bytes >= option.load_peak_bytes else "peak while loading"
-        return [mark, option.label, _gib(option.need_bytes), ("" if spare >= 0 else "−") + _gib(abs(spare)),
-                _gib(option.host_bytes), f"{SPEED_WHY[option.speed_class]}; {at}"]
+        return [mark, option.label, size_text(option.need_bytes), ("" if spare >= 0 else "−") + size_text(abs(spare)),
+                size_text(option.host_bytes), f"{SPEED_WHY[option.speed_class]}; {at}"]
 
     rows = [row(str(i + 1), option) for i, option in enumerate(fits)] + [row("✗", option) for option in closest]
     loaded = next((o for o in result.options if o.settings == {"offload": {"mode": "none"}}), None)
@@ -104,7 +91,7 @@ def list_fits(ctx: ServerContext, values: dict[str, Any], card_text: str | None)
               " (GPU need: the most held at once, loading included; spare: what is left after it, 0.5 GiB for the "
               "CUDA context and 5% for the allocator).")
     if loaded is not None:
-        status += (f" As loaded ({escape(loaded.label)}) it needs {_gib(loaded.need_bytes)}: "
+        status += (f" As loaded ({escape(loaded.label)}) it needs {size_text(loaded.need_bytes)}: "
                    + ("<b>fits</b>." if loaded.fits else "<span class='bad'><b>does not fit</b></span>."))
     status += (" Fastest expected first; ✗ rows are the closest that do not fit. Select a row to load it into "
                "the controls (attention, cache and compile stay as they are).")
@@ -144,8 +131,6 @@ def use_fit(ctx: ServerContext, rows: list[dict[str, Any]] | None, values: dict[
 
 def build_plan_panel(ctx: ServerContext) -> PlanPanel:
     """The tab's components (`lab.layout` places them in a tab of the settings' technique tabs)."""
-    from lab.text import planning_card
-
     gr.Markdown("Which settings fit a card, before anything runs: each combination of weight storage, offload and "
                 "VAE tiling, predicted from the model's configs for the run settings in the Model tab "
                 "(`python -m optim plan` gives every term).", elem_classes="lab-note")
@@ -202,7 +187,7 @@ def plan_report(model: str, gpu: str, *, width: int | None = None, height: int |
                 "host_gib": round(option.host_bytes / GIB, 3), "peak_phase": option.peak_phase,
                 "reason": option.reason}
 
-    closest = sorted((o for o in result.options if not o.fits), key=lambda o: (o.speed_class, o.need_bytes))[:3]
+    closest = result.closest_misses()
     return {"model": result.model, "card": {"name": result.card.name, "memory_gib": result.card.memory_gib,
                                             "note": result.card.note},
             "run": result.run, "weights_gib": {c: {k: round(v / GIB, 3) for k, v in s.items()}

@@ -139,16 +139,19 @@ def fit_check(ctx: ServerContext, preset: Any, run: Any, *, suggest: bool = Fals
         return None
 
 
-def memory_line(ctx: ServerContext, fit: Any) -> str:
-    """HTML: each side's planned GPU peak beside the card's memory."""
+def size_text(size: float) -> str:
+    """Bytes of GPU memory as read: GiB with one decimal, MB below a tenth of a GiB."""
     from optim.plan.cards import GIB
 
+    return f"{size / GIB:.1f} GiB" if size >= GIB / 10 else f"{size / 2**20:.0f} MB"
+
+
+def memory_line(ctx: ServerContext, fit: Any) -> str:
+    """HTML: each side's planned GPU peak beside the card's memory."""
     _, where = planning_card(ctx)
 
     def side(option: Any) -> str:
-        mark = "" if option.fits else " <span class='bad'>(does not fit)</span>"
-        need = option.need_bytes
-        return (f"{need / GIB:.1f} GiB" if need >= GIB / 10 else f"{need / 2**20:.0f} MB") + mark
+        return size_text(option.need_bytes) + ("" if option.fits else " <span class='bad'>(does not fit)</span>")
 
     return (f"<br>GPU memory, planned for {escape(where)}: baseline {side(fit.baseline)}, optimized "
             f"{side(fit.optimized)} of {fit.card.memory_gib:.1f} GiB (<code>python -m optim plan</code> lists "

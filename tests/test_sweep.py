@@ -102,8 +102,8 @@ def test_the_tuner_returns_the_fastest_point_meeting_the_floor(tmp_path):
     ok = [row for row in result.rows if row["status"] == "ok"]
     feasible = [row for row in ok if floor.met(row)]
     assert result.best is not None and floor.met(result.best)
-    assert feasible and result.best["id"] in {row["id"] for row in feasible}
-    assert all(result.best["speedup"] >= row["speedup"] for row in feasible)
+    assert result.best["id"] in {row["id"] for row in feasible}
+    assert result.best["speedup"] == max(row["speedup"] for row in feasible)  # max() of none raises
     tuned = preset_from_json((tmp_path / "tuned.json").read_text())
     assert tuned.optim.cache.threshold == pytest.approx(result.best["settings"]["cache"]["threshold"])
     # The bisection closed in on the floor: a tighter threshold met it, the loosest (0.6) did not.
@@ -172,4 +172,5 @@ def test_sweep_help_lists_every_shipped_prompt_set():
     done = _cli("sweep", "--help", timeout=120)
     assert done.returncode == 0
     text = " ".join(done.stdout.split())
-    assert "quick" in shipped_prompt_sets() and all(name in text for name in shipped_prompt_sets())
+    names = shipped_prompt_sets()
+    assert "quick" in names and [name for name in names if name not in text] == []

@@ -24,7 +24,7 @@ within a class, the storage that costs least to dequantize first, then the small
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from typing import Any
 
@@ -54,6 +54,11 @@ SPEED_WHY = {0: "every weight stays on the GPU, no transfers", 1: "each componen
              4: "each layer moves in when needed, compute waits", 5: "every layer crosses to the GPU at every step"}
 
 
+def with_margins(need: float) -> float:
+    """A peak plus the allocator's share of it and the CUDA context: what a card must have for it."""
+    return need * (1 + ALLOCATOR_SHARE) + CONTEXT_BYTES
+
+
 @dataclass
 class Option:
     """One combination: its settings (loadable into the controls), what it needs, and why it ranks where it does."""
@@ -81,6 +86,11 @@ class Option:
         """The most the GPU holds at once, loading included (what must fit)."""
         return max(self.peak_bytes, self.load_peak_bytes)
 
+    @property
+    def card_bytes(self) -> float:
+        """What it needs of a card: `need_bytes` with the allocator's margin and the CUDA context."""
+        return with_margins(self.need_bytes)
+
 
 @dataclass
 class PlanResult:
@@ -94,6 +104,10 @@ class PlanResult:
     @property
     def fits(self) -> list[Option]:
         return [option for option in self.options if option.fits]
+
+    def closest_misses(self, count: int = 3) -> list[Option]:
+        """The combinations that do not fit, fastest kind first, then the smallest need."""
+        return sorted((o for o in self.options if not o.fits), key=lambda o: (o.speed_class, o.need_bytes))[:count]
 
     def to_dict(self) -> dict[str, Any]:
         return {"model": self.model, "card": asdict(self.card), "run": self.run, "weights": self.weights,
@@ -182,7 +196,7 @@ def evaluate(model: _Model, run: Any, card: Card, scheme: str, components: tuple
     after_load = sum(w.bytes for w in weights.values()) if offload == "none" else 0
     host = 0 if offload == "none" else sum(w.bytes for w in weights.values())
     load_peak = after_load if offload == "none" else sum(weights[name].bytes for name in on_gpu_at_load)
-    need = max(peak, load_peak) * (1 + ALLOCATOR_SHARE) + CONTEXT_BYTES
+    need = with_margins(max(peak, load_peak))
     fits = need <= card.memory_bytes
     offload_settings = next(entry for entry in OFFLOADS if entry[0] == offload)
     storage = SCHEMES[scheme]
@@ -374,7 +388,7 @@ def format_plan(result: PlanResult, *, top: int = 12) -> str:
         lines.append(f"      {option.reason}")
     if not fits:
         lines.append("  none: the smallest need is below")
-    closest = sorted((o for o in result.options if not o.fits), key=lambda o: (o.speed_class, o.need_bytes))[:3]
+    closest = result.closest_misses()
     if closest:
         lines += ["", "does not fit (the fastest kinds):"]
         for option in closest:
@@ -399,23 +413,22 @@ class SidesFit:
     def refusal(self) -> str | None:
         """A message naming the side that cannot fit and what to try; None when both fit. The baseline first: it
         is the model as loaded, and no optimization of the other side makes it fit."""
-        need = lambda o: o.need_bytes * (1 + ALLOCATOR_SHARE) + CONTEXT_BYTES  # noqa: E731
         where = self.card.note or self.card.name
         has = f"{where} has {self.card.memory_gib:.1f}"
         baseline = self.baseline
         if not baseline.fits:
             side = "each side needs" if self.identical else "the baseline side needs"
-            if need(replace(baseline, peak_bytes=baseline.after_load_bytes)) > self.card.memory_bytes:
+            if with_margins(baseline.after_load_bytes) > self.card.memory_bytes:
                 hint = (f"the baseline is the model as loaded, and its weights alone take "
                         f"{baseline.after_load_bytes / GIB:.1f} GiB: compare on a larger GPU (the Will it fit? tab "
                         "lists what fits this one)")
             else:
                 hint = "the baseline is the model as loaded and must run too: lower the resolution or the frames"
-            return (f"{side} about {need(baseline) / GIB:.1f} GiB of GPU memory (with the CUDA context and the "
+            return (f"{side} about {baseline.card_bytes / GIB:.1f} GiB of GPU memory (with the CUDA context and the "
                     f"allocator's margin), {has}; {hint}")
         if not self.optimized.fits:
             hint = f": try {self.suggestion}" if self.suggestion else ""
-            return (f"the optimized side needs about {need(self.optimized) / GIB:.1f} GiB of GPU memory (with the "
+            return (f"the optimized side needs about {self.optimized.card_bytes / GIB:.1f} GiB of GPU memory (with the "
                     f"CUDA context and the allocator's margin), {has}{hint}")
         return None
 
